@@ -1,0 +1,166 @@
+"""The course's datasets as whole tensors: loading (offline or by download) and batching.
+
+A split is stored as ``<root>/<name>/<split>.npz`` with arrays ``images`` (uint8,
+N x C x H x W) and ``labels`` (int64, N). The root is the ``root`` argument, else the
+environment variable ``CVAELIB_DATA``, else ``./data``.
+"""
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENV_VAR = "CVAELIB_DATA"
+
+DATASETS = {
+    "mnist": {
+        "shape": (1, 28, 28),
+        "classes": [str(d) for d in range(10)],
+        "torchvision": "MNIST",
+    },
+    "fashion_mnist": {
+        "shape": (1, 28, 28),
+        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        "torchvision": "FashionMNIST",
+    },
+    "cifar10": {
+        "shape": (3, 32, 32),
+        "classes": ["airplane", "automobile", "bird", "cat", "deer",
+                    "dog", "frog", "horse", "ship", "truck"],
+        "torchvision": "CIFAR10",
+    },
+}
+SPLITS = ("train", "test")
+
+
+def _check_name(name):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+
+
+def class_names(name):
+    """The ten class names of a dataset, in label order (chapters 2-4)."""
+    _check_name(name)
+    return list(DATASETS[name]["classes"])
+
+
+def image_shape(name):
+    """(C, H, W) of a dataset's images."""
+    _check_name(name)
+    return DATASETS[name]["shape"]
+
+
+def data_root(root=None):
+    """The data folder: the argument, else $CVAELIB_DATA, else ./data."""
+    return Path(root or os.environ.get(ENV_VAR) or "data")
+
+
+def _read_npz(path, name):
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(
+            f"{path} is not a valid dataset file ({type(e).__name__}: {e}); it must be an .npz with arrays "
+            f"'images' and 'labels'. Delete it to download it again, or replace it with a good copy."
+        ) from e
+    shape = DATASETS[name]["shape"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
+        raise ValueError(f"{path}: 'images' must be uint8 of shape (N, {', '.join(map(str, shape))}), "
+                         f"got {images.dtype} {images.shape}")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'labels' must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def _download(name, split, root, path):
+    """Fetch a split through torchvision into ``root`` and write its .npz."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, DATASETS[name]["torchvision"])
+    try:
+        ds = cls(root=str(root / "raw"), train=(split == "train"), download=True)
+    except Exception as e:  # no network, a blocked host, a broken archive ...
+        raise FileNotFoundError(
+            f"No copy of {name}/{split} at {path}, and downloading it failed ({type(e).__name__}: {e}).\n"
+            f"Offline? Point the course at a folder holding <name>/<split>.npz files: "
+            f"set {ENV_VAR}=/path/to/data (or pass root=...), or put the file at {path}."
+        ) from e
+    images = np.asarray(ds.data)
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # to (N, C, H, W)
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=np.ascontiguousarray(images, dtype=np.uint8), labels=labels)
+    os.replace(tmp, path)  # atomic: an interrupted download never leaves half a file
+
+
+def load(name, split="train", root=None, download=True):
+    """A whole split: images uint8 (N,C,H,W) and labels int64 (N,) (every chapter).
+
+    Reads ``<root>/<name>/<split>.npz``; if it is missing, downloads through
+    torchvision (unless ``download=False``) and writes that file, so the next load is instant.
+    """
+    _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    root = data_root(root)
+    path = root / name / f"{split}.npz"
+    if not path.exists():
+        if not download:
+            raise FileNotFoundError(f"No copy of {name}/{split} at {path}. Set {ENV_VAR}=/path/to/data "
+                                    f"(a folder with <name>/<split>.npz) or allow download=True.")
+        _download(name, split, root, path)
+    return _read_npz(path, name)
+
+
+def stratified_subset(images, labels, n_per_class, seed=0):
+    """Take ``n_per_class`` random examples of every class, classes in label order (smoke runs)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique(sorted=True):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < n_per_class:
+            raise ValueError(f"class {int(c)} has only {len(idx)} examples, fewer than n_per_class={n_per_class}")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:n_per_class]])
+    picks = torch.cat(picks)
+    return images[picks], labels[picks]
+
+
+class Batches:
+    """Shuffled float batches in [0, 1] from a whole split kept as one tensor on ``device``.
+
+    No per-sample PIL or DataLoader work: one index, one gather, one division per batch.
+    Shuffling is seeded by (seed, epoch); ``fit`` calls ``set_epoch`` so a resumed run
+    sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, images, labels, batch_size=128, shuffle=True, device="cpu", seed=0, drop_last=False):
+        if images.dtype != torch.uint8:
+            raise TypeError(f"Batches expects uint8 images as returned by load(), got {images.dtype}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """Fix the shuffling of the coming pass (the PyTorch sampler convention)."""
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.images)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.images[idx].float().div_(255), self.labels[idx]

@@ -1,0 +1,134 @@
+"""Test-set figures of a trained (C)VAE: negative ELBO, IWAE bound, active units, KL, MI.
+
+All functions take a model and ``Batches`` (or any iterable of (x, y) float batches)
+and return plain numbers in nats per image unless said otherwise.
+"""
+import math
+
+import torch
+
+from .losses import bits_per_dim, elbo, gaussian_kl
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _labels(model, y):
+    return y if model.num_classes else None
+
+
+def _gaussian_log_prob(z, mu, logvar):
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
+def _model_device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def negative_elbo(model, batches):
+    """Mean negative ELBO, reconstruction and KL on a dataset, nats/image (chapter 1)."""
+    model.eval()
+    device, totals, n = _model_device(model), {"nelbo": 0.0, "recon": 0.0, "kl": 0.0}, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        parts = elbo(model, x, y)
+        for k in totals:
+            totals[k] += float(parts[k]) * len(x)
+        n += len(x)
+    return {k: v / n for k, v in totals.items()}
+
+
+@torch.no_grad()
+def iwae_bound(model, batches, k=100):
+    """Negative IWAE bound -log (1/K) sum_k p(x,z_k)/q(z_k|x), nats/image (Burda et al. 2016).
+
+    An upper bound on -log p(x) that tightens as K grows; K = 1 is the negative ELBO.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    model.eval()
+    device, total, n = _model_device(model), 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), _labels(model, y.to(device))
+        mu, logvar = model.encode(x, y)
+        prior_mu, prior_logvar = model.prior(y)
+        log_w = []
+        for _ in range(k):  # one importance sample at a time keeps memory at one batch
+            z = model.reparameterize(mu, logvar)
+            log_px = model.likelihood.log_prob(model.decode_params(z, y), x)  # (B,)
+            log_pz = _gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
+                                        torch.zeros_like(z) if prior_logvar is None else prior_logvar)
+            log_w.append(log_px + log_pz - _gaussian_log_prob(z, mu, logvar))
+        log_w = torch.stack(log_w)  # (K, B)
+        total += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
+        n += len(x)
+    return total / n
+
+
+@torch.no_grad()
+def posterior_stats(model, batches):
+    """mu and logvar of q(z|x,y) for every example: two (N, D) tensors."""
+    model.eval()
+    device, mus, logvars = _model_device(model), [], []
+    for x, y in batches:
+        mu, logvar = model.encode(x.to(device), _labels(model, y.to(device)))
+        mus.append(mu)
+        logvars.append(logvar)
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def active_units(mu, threshold=0.01):
+    """Active units (Burda et al. 2016): dimensions d with Cov_x(E_q[z_d]) > threshold.
+
+    Takes posterior means (N, D); returns the count and the per-dimension variances.
+    """
+    variance = mu.var(dim=0)
+    return int((variance > threshold).sum()), variance
+
+
+def kl_per_dim(mu, logvar, prior_mu=None, prior_logvar=None):
+    """Mean KL of each latent dimension to the prior over a dataset, (D,) nats (chapter 4)."""
+    return gaussian_kl(mu, logvar, prior_mu, prior_logvar).mean(dim=0)
+
+
+@torch.no_grad()
+def mutual_information(mu, logvar, chunk=256):
+    """I(x; z) under q, estimated as in He et al. (2019), in nats (chapter 4).
+
+    I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], with the aggregate posterior q(z)
+    approximated by the mixture of the N given posteriors.
+    """
+    n, d = mu.shape
+    # E_q(z|x) log q(z|x) = -0.5 * D * log(2 pi) - 0.5 * sum(1 + logvar): the negative entropy
+    neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # one z per x, (N, D)
+    log_qz = []
+    for zc in z.split(chunk):
+        # log q(z_i | x_j) for every i in the chunk and every j: (chunk, N)
+        log_q = _gaussian_log_prob(zc[:, None, :], mu[None], logvar[None])
+        log_qz.append(torch.logsumexp(log_q, dim=1) - math.log(n))
+    return float(neg_entropy - torch.cat(log_qz).mean())
+
+
+def report(model, batches, k=100):
+    """All test figures of a model in one dict (the command line's ``evaluate``)."""
+    figures = negative_elbo(model, batches)
+    num_dims = math.prod(model.image_shape)
+    mu, logvar = posterior_stats(model, batches)
+    labels = torch.cat([y for _, y in batches]).to(mu.device)
+    prior_mu, prior_logvar = model.prior(_labels(model, labels))
+    units, _ = active_units(mu)
+    return {
+        "negative_elbo_nats": figures["nelbo"],
+        "reconstruction_nats": figures["recon"],
+        "kl_nats": figures["kl"],
+        # Only a likelihood of 8-bit pixel values gives a true bits/dim.
+        "bits_per_dim": bits_per_dim(figures["nelbo"], num_dims) if model.likelihood.discrete else None,
+        "iwae_nats": iwae_bound(model, batches, k),
+        "iwae_k": k,
+        "active_units": units,
+        "latent_dim": model.latent_dim,
+        "kl_per_dim": kl_per_dim(mu, logvar, prior_mu, prior_logvar).tolist(),
+        "mutual_information_nats": mutual_information(mu, logvar),
+    }

@@ -1,0 +1,238 @@
+"""Encoders, decoders and the (conditional) VAE: a VAE is a CVAE with ``num_classes=0``.
+
+Conditioning on a label y (chapter 2) comes in two ways:
+- ``"concat"``: the one-hot y is concatenated to the encoder input (tiled as extra
+  channels for convolutions) and to z at the decoder input, as most references do;
+- ``"add"``: the encoder gets the one-hot the same way, but the decoder gets
+  z + W y, a learned projection of the label added to z.
+A ``"learned"`` prior replaces N(0, I) by a label-dependent p(z|y) = N(mu_y, sigma_y^2).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import make_likelihood
+
+
+def _check_shape(image_shape):
+    if tuple(image_shape) not in {(1, 28, 28), (3, 32, 32)}:
+        raise ValueError(f"image_shape must be (1, 28, 28) or (3, 32, 32), got {tuple(image_shape)}")
+    return tuple(image_shape)
+
+
+class MLPEncoder(nn.Module):
+    """x (B,C,H,W) and a condition (B,K) -> mu, logvar (B,D) through two hidden layers."""
+
+    def __init__(self, image_shape, cond_dim, latent_dim, hidden=(512, 256)):
+        super().__init__()
+        layers, width = [], math.prod(image_shape) + cond_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 2 * latent_dim)
+
+    def forward(self, x, cond):
+        h = torch.cat([x.flatten(1), cond], dim=1)  # (B, C*H*W + K)
+        return self.head(self.body(h)).chunk(2, dim=1)
+
+
+class MLPDecoder(nn.Module):
+    """z (B,D) and a condition (B,K) -> likelihood parameters (B, P*C, H, W)."""
+
+    def __init__(self, image_shape, cond_dim, latent_dim, out_channels, hidden=(256, 512)):
+        super().__init__()
+        self.out_shape = (out_channels, *image_shape[1:])
+        layers, width = [], latent_dim + cond_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, math.prod(self.out_shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z, cond):
+        return self.net(torch.cat([z, cond], dim=1)).view(-1, *self.out_shape)
+
+
+def _conv_channels(image_shape):
+    # 28 -> 14 -> 7 (two stride-2 convs); 32 -> 16 -> 8 -> 4 (three).
+    return (32, 64) if image_shape[1] == 28 else (64, 128, 256)
+
+
+class ConvEncoder(nn.Module):
+    """Strided convolutions; the condition enters as constant extra input channels."""
+
+    def __init__(self, image_shape, cond_dim, latent_dim, hidden=256):
+        super().__init__()
+        layers, c = [], image_shape[0] + cond_dim
+        for c_out in _conv_channels(image_shape):
+            # kernel 4, stride 2, padding 1 halves H and W: (B,c,H,W) -> (B,c_out,H/2,W/2)
+            layers += [nn.Conv2d(c, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+            c = c_out
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        side = image_shape[1] // 2 ** len(_conv_channels(image_shape))
+        self.head = nn.Sequential(nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x, cond):
+        # (B,K) -> (B,K,H,W): the one-hot label tiled over the image
+        maps = cond[:, :, None, None].expand(-1, -1, *x.shape[2:])
+        return self.head(self.body(torch.cat([x, maps], dim=1))).chunk(2, dim=1)
+
+
+class ConvDecoder(nn.Module):
+    """z and the condition -> a small feature map, then transposed convolutions up to H x W."""
+
+    def __init__(self, image_shape, cond_dim, latent_dim, out_channels):
+        super().__init__()
+        channels = _conv_channels(image_shape)[::-1]
+        self.side = image_shape[1] // 2 ** len(channels)
+        self.fc = nn.Sequential(nn.Linear(latent_dim + cond_dim, channels[0] * self.side**2), nn.LeakyReLU(0.2))
+        layers, c = [], channels[0]
+        for c_out in channels[1:]:
+            # kernel 4, stride 2, padding 1 doubles H and W
+            layers += [nn.ConvTranspose2d(c, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+            c = c_out
+        layers.append(nn.ConvTranspose2d(c, out_channels, 4, 2, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z, cond):
+        h = self.fc(torch.cat([z, cond], dim=1)).view(-1, self.body[0].in_channels, self.side, self.side)
+        return self.body(h)
+
+
+ARCHITECTURES = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+CONDITIONINGS = ("concat", "add")
+PRIORS = ("standard", "learned")
+
+
+class CVAE(nn.Module):
+    """Conditional VAE q(z|x,y), p(x|z,y); with ``num_classes=0`` a plain VAE (chapters 1-4).
+
+    All arguments are plain values, stored in ``self.config`` so that a checkpoint can
+    rebuild the model (``build_model(**model.config)``).
+    """
+
+    def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=16, arch="mlp",
+                 likelihood="bernoulli", conditioning="concat", prior="standard", sigma=None):
+        super().__init__()
+        image_shape = _check_shape(image_shape)
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}")
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; choose one of {PRIORS}")
+        if prior == "learned" and num_classes == 0:
+            raise ValueError("a learned prior p(z|y) needs labels: set num_classes > 0")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {latent_dim}")
+        self.config = dict(image_shape=image_shape, num_classes=num_classes, latent_dim=latent_dim, arch=arch,
+                           likelihood=likelihood, conditioning=conditioning, prior=prior, sigma=sigma)
+        self.image_shape, self.num_classes, self.latent_dim = image_shape, num_classes, latent_dim
+        self.likelihood = make_likelihood(likelihood, **({} if sigma is None else {"sigma": sigma}))
+        encoder, decoder = ARCHITECTURES[arch]
+        decoder_cond = num_classes if conditioning == "concat" else 0
+        self.encoder = encoder(image_shape, num_classes, latent_dim)
+        self.decoder = decoder(image_shape, decoder_cond, latent_dim, image_shape[0] * self.likelihood.num_params)
+        # "add": y -> W y, a learned vector per class added to z at the decoder input
+        self.label_projection = nn.Embedding(num_classes, latent_dim) if conditioning == "add" and num_classes else None
+        # learned prior: a mean and a log-variance per class, starting at N(0, I)
+        self.prior_params = nn.Embedding(num_classes, 2 * latent_dim) if prior == "learned" else None
+        if self.prior_params is not None:
+            nn.init.zeros_(self.prior_params.weight)
+
+    def one_hot(self, y):
+        """Check labels and one-hot them: (B,) int64 -> (B, num_classes); no label for a VAE."""
+        if self.num_classes == 0:
+            if y is not None:
+                raise ValueError("this is an unconditional VAE (num_classes=0): pass no labels")
+            return None
+        if y is None:
+            raise ValueError(f"this CVAE needs labels: pass y, a (B,) tensor of ints in [0, {self.num_classes})")
+        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise TypeError(f"labels must be integers (torch.int64), got {y.dtype}")
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}), got values from {int(y.min())} to {int(y.max())}")
+        return F.one_hot(y.long(), self.num_classes).float()
+
+    def check_images(self, x):
+        """Reject what the model cannot read: wrong shape, dtype or value range."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"images must be float in [0, 1], got {x.dtype}; divide uint8 images by 255")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"images must have shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}")
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError(f"image values must be in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+
+    def _empty(self, batch_size, device):
+        return torch.zeros(batch_size, 0, device=device)
+
+    def encode(self, x, y=None):
+        """q(z|x,y): images (B,C,H,W) in [0, 1] -> mu, logvar, each (B, latent_dim)."""
+        self.check_images(x)
+        onehot = self.one_hot(y)
+        return self.encoder(x, self._empty(len(x), x.device) if onehot is None else onehot)
+
+    def prior(self, y=None):
+        """p(z|y) as (mu, logvar), or (None, None) for the standard normal N(0, I)."""
+        if self.prior_params is None:
+            return None, None
+        return self.prior_params(y).chunk(2, dim=1)
+
+    def decode_params(self, z, y=None):
+        """p(x|z,y): z (B,D) -> the likelihood's raw parameters (B, P*C, H, W)."""
+        onehot = self.one_hot(y)
+        if onehot is None:
+            return self.decoder(z, self._empty(len(z), z.device))
+        if self.label_projection is not None:
+            return self.decoder(z + self.label_projection(y), self._empty(len(z), z.device))
+        return self.decoder(z, onehot)
+
+    def decode(self, z, y=None):
+        """Decoded images x_hat in [0, 1], (B,C,H,W): the mean of p(x|z,y)."""
+        return self.likelihood.mean(self.decode_params(z, y))
+
+    @staticmethod
+    def reparameterize(mu, logvar):
+        """z = mu + sigma * eps with eps ~ N(0, I): differentiable in mu and logvar."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def forward(self, x, y=None):
+        """Encode, sample z, decode: a dict with params, x_hat, mu, logvar, z and prior."""
+        mu, logvar = self.encode(x, y)
+        z = self.reparameterize(mu, logvar)
+        params = self.decode_params(z, y)
+        return {"params": params, "x_hat": self.likelihood.mean(params), "mu": mu, "logvar": logvar, "z": z,
+                "prior": self.prior(y)}
+
+    @torch.no_grad()
+    def sample(self, labels=None, num_samples=None):
+        """Draw z from the prior and decode: float images in [0, 1], (N,C,H,W) (chapter 2).
+
+        A CVAE takes ``labels`` (N,); a VAE takes ``num_samples``.
+        """
+        device = next(self.parameters()).device
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("a CVAE samples per label: pass labels, e.g. torch.arange(10)")
+            labels = torch.as_tensor(labels, device=device)
+            num_samples = len(labels)
+        elif num_samples is None:
+            raise ValueError("a VAE has no labels: pass num_samples")
+        z = torch.randn(num_samples, self.latent_dim, device=device)
+        prior_mu, prior_logvar = self.prior(labels)
+        if prior_mu is not None:
+            z = prior_mu + torch.exp(0.5 * prior_logvar) * z
+        return self.decode(z, labels)
+
+
+def VAE(**kwargs):
+    """A plain VAE: the CVAE with no label (chapter 1)."""
+    return CVAE(num_classes=0, **kwargs)
+
+
+def build_model(**config):
+    """Rebuild a model from its ``config`` dict (used by checkpoints)."""
+    return CVAE(**config)

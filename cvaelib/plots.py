@@ -1,0 +1,173 @@
+"""Figures of the course. Every function returns a matplotlib Figure (chapters 1-4)."""
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+
+def _to_numpy_grid(images, nrow, padding=2):
+    """(N,C,H,W) floats in [0, 1] -> one (H', W', C) array laid out with torchvision."""
+    grid = make_grid(images.detach().cpu().float().clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def _show(ax, images, nrow):
+    grid = _to_numpy_grid(images, nrow)
+    ax.imshow(grid[..., 0] if images.shape[1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_grid(images, nrow=8, title=None):
+    """A grid of float images (N,C,H,W) in [0, 1]."""
+    rows = -(-len(images) // nrow)
+    fig, ax = plt.subplots(figsize=(nrow * 0.6, rows * 0.6 + 0.4))
+    _show(ax, images, nrow)
+    if title:
+        ax.set_title(title)
+    ax.axis("off")
+    return fig
+
+
+def reconstructions(x, x_hat, n=10):
+    """Originals (top row) above their reconstructions (bottom row)."""
+    n = min(n, len(x))
+    fig, ax = plt.subplots(figsize=(n * 0.7, 1.8))
+    _show(ax, torch.cat([x[:n], x_hat[:n]]), nrow=n)
+    side = x.shape[-2] + 2  # image height plus the grid's padding
+    ax.set_yticks([side / 2, side * 1.5], ["original", "reconstruction"])
+    ax.set_title("Reconstructions")
+    return fig
+
+
+def class_samples(images, class_names, n_per_class, title="Samples per class"):
+    """Samples laid out as classes x samples; ``images`` ordered class by class."""
+    fig, ax = plt.subplots(figsize=(n_per_class * 0.6 + 1.5, len(class_names) * 0.6 + 0.5))
+    _show(ax, images, nrow=n_per_class)
+    side = images.shape[-2] + 2
+    ax.set_yticks(side * (np.arange(len(class_names)) + 0.5), class_names)
+    ax.set_xlabel("samples z ~ p(z|y)")
+    ax.set_title(title)
+    return fig
+
+
+def latent_scatter(z, labels, class_names, title="Latent means of test images", ax=None):
+    """A 2-D latent scatter coloured by class (first two dimensions of ``z``)."""
+    z, labels = z.detach().cpu().numpy(), labels.cpu().numpy()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 5))
+    points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=3, alpha=0.6, vmin=-0.5, vmax=9.5)
+    cbar = fig.colorbar(points, ax=ax, ticks=range(len(class_names)))
+    cbar.ax.set_yticklabels(class_names)
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(title)
+    return fig
+
+
+def _latent_grid(n, span):
+    # Rows go from +span (top) to -span (bottom) so the picture matches the scatter's axes.
+    values = torch.linspace(-span, span, n)
+    z1, z2 = torch.meshgrid(values, values.flip(0), indexing="xy")
+    return torch.stack([z1.flatten(), z2.flatten()], dim=1), values
+
+
+@torch.no_grad()
+def manifold(model, n=15, span=2.0, label=None, ax=None):
+    """Decode an n x n grid of z over [-span, span]^2 (2-D latent); for one label of a CVAE."""
+    if model.latent_dim != 2:
+        raise ValueError(f"a manifold grid needs a 2-D latent, this model has latent_dim={model.latent_dim}")
+    device = next(model.parameters()).device
+    z, values = _latent_grid(n, span)
+    y = None if label is None else torch.full((len(z),), label, device=device)
+    images = model.decode(z.to(device), y)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 6))
+    _show(ax, images, nrow=n)
+    side = images.shape[-1] + 2
+    ticks = [0, n // 2, n - 1]
+    ax.set_xticks([side * (i + 0.5) for i in ticks], [f"{values[i]:.1f}" for i in ticks])
+    ax.set_yticks([side * (i + 0.5) for i in ticks], [f"{values.flip(0)[i]:.1f}" for i in ticks])
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title("Decoded latent grid" if label is None else f"Decoded latent grid, label {label}")
+    return fig
+
+
+def manifold_per_class(model, class_names, n=9, span=2.0):
+    """One decoded 2-D latent grid per class of a CVAE, in a row of panels."""
+    cols = 5
+    rows = -(-len(class_names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.8))
+    for label, ax in enumerate(axes.flat):
+        if label < len(class_names):
+            manifold(model, n, span, label, ax=ax)
+            ax.set_title(class_names[label])
+            ax.set_xlabel("")
+            ax.set_ylabel("")
+        else:
+            ax.axis("off")
+    fig.suptitle(f"Decoded grids over $[-{span:g}, {span:g}]^2$, one per class")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def interpolation(model, z_start, z_end, y=None, steps=10):
+    """Decode the straight line from ``z_start`` to ``z_end`` (each (D,)); ``y`` a label or None."""
+    t = torch.linspace(0, 1, steps, device=z_start.device)[:, None]
+    z = (1 - t) * z_start + t * z_end  # (steps, D)
+    labels = None if y is None else torch.full((steps,), int(y), device=z.device)
+    fig, ax = plt.subplots(figsize=(steps * 0.7, 1.2))
+    _show(ax, model.decode(z, labels), nrow=steps)
+    ax.set_title("Interpolation in z")
+    return fig
+
+
+@torch.no_grad()
+def traversal(model, z, dims=None, span=3.0, steps=9, y=None):
+    """Vary one latent dimension at a time around ``z`` (D,): one row per dimension."""
+    dims = list(range(min(model.latent_dim, 8))) if dims is None else list(dims)
+    values = torch.linspace(-span, span, steps, device=z.device)
+    rows = z.repeat(len(dims), steps, 1)  # (len(dims), steps, D)
+    for i, d in enumerate(dims):
+        rows[i, :, d] = values
+    labels = None if y is None else torch.full((len(dims) * steps,), int(y), device=z.device)
+    images = model.decode(rows.flatten(0, 1), labels)
+    fig, ax = plt.subplots(figsize=(steps * 0.7 + 1, len(dims) * 0.7 + 0.6))
+    _show(ax, images, nrow=steps)
+    side = images.shape[-1] + 2
+    ax.set_yticks(side * (np.arange(len(dims)) + 0.5), [f"$z_{{{d + 1}}}$" for d in dims])
+    ax.set_xticks([side * 0.5, side * (steps - 0.5)], [f"{-span:g}", f"{span:g}"])
+    ax.set_title("Latent traversal")
+    return fig
+
+
+def confusion(matrix, class_names, title="Requested vs judged class"):
+    """A confusion matrix (rows: requested class, columns: judged class) with counts."""
+    matrix = matrix.cpu().numpy()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(matrix, cmap="Blues")
+    for i in range(len(matrix)):
+        for j in range(len(matrix)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("judged by the classifier")
+    ax.set_ylabel("requested")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def history(records, keys=("train_nelbo", "test_nelbo"), title="Negative ELBO (nats/image)"):
+    """Per-epoch curves from ``fit``'s history."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = [r["epoch"] for r in records]
+    for key in keys:
+        ax.plot(epochs, [r[key] for r in records], marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.legend()
+    return fig

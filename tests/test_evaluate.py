@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from cvaelib import CVAE, VAE, data
+from cvaelib.evaluate import (active_units, iwae_bound, kl_per_dim, mutual_information, negative_elbo,
+                              posterior_stats, report)
+from cvaelib.losses import gaussian_kl
+from cvaelib.train import fit
+from cvaelib.losses import elbo
+
+
+@pytest.fixture(scope="module")
+def trained(request):
+    """A small CVAE trained briefly on real MNIST, and 200 test images."""
+    root = request.getfixturevalue("real_data_root")
+    x, y = data.stratified_subset(*data.load("mnist", "train", root), 100)
+    xt, yt = data.load("mnist", "test", root)
+    model = CVAE(latent_dim=8)
+    fit(model, elbo, data.Batches(x, y, 100), 3, device="cpu", progress=False)
+    return model.eval(), data.Batches(xt[:200], yt[:200], 100, shuffle=False)
+
+
+@pytest.fixture(scope="module")
+def real_data_root():
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("CVAELIB_DATA")
+    if not root or not (Path(root) / "mnist" / "train.npz").exists():
+        pytest.skip("needs real MNIST: set CVAELIB_DATA to a folder holding mnist/train.npz")
+    return root
+
+
+def test_iwae_bound_is_tighter_than_the_elbo_and_tightens_with_k(trained):
+    model, batches = trained
+    torch.manual_seed(0)
+    nelbo = negative_elbo(model, batches)["nelbo"]
+    bounds = {}
+    for k in (1, 10, 100):
+        torch.manual_seed(0)
+        bounds[k] = iwae_bound(model, batches, k)
+    assert bounds[1] == pytest.approx(nelbo, rel=0.02)  # K = 1 is the ELBO (up to sampling noise)
+    assert bounds[100] < bounds[10] < bounds[1]
+    assert bounds[100] < nelbo
+
+
+def test_iwae_rejects_k_below_one(trained):
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        iwae_bound(trained[0], trained[1], 0)
+
+
+def test_active_units_counts_dimensions_whose_mean_varies():
+    mu = torch.zeros(1000, 4)
+    mu[:, 0] = torch.randn(1000)  # variance ~1: active
+    mu[:, 1] = 0.05 * torch.randn(1000)  # variance ~0.0025: inactive
+    count, variance = active_units(mu)
+    assert count == 1 and variance.shape == (4,)
+    assert active_units(mu, threshold=0.001)[0] == 2
+
+
+def test_kl_per_dim_averages_the_gaussian_kl():
+    mu, logvar = torch.randn(10, 3), torch.randn(10, 3)
+    torch.testing.assert_close(kl_per_dim(mu, logvar), gaussian_kl(mu, logvar).mean(0))
+
+
+def test_mutual_information_bounds():
+    torch.manual_seed(0)
+    # every x has the same posterior: z says nothing about x (the estimate's noise ~ 1/sqrt(N))
+    assert abs(mutual_information(torch.zeros(5000, 2), torch.zeros(5000, 2))) < 0.05
+    n = 2000
+    # far-apart, narrow posteriors: z identifies x, I(x; z) reaches log N
+    mu = torch.arange(n, dtype=torch.float32)[:, None] * 10
+    assert mutual_information(mu, torch.full((n, 1), -4.0)) == pytest.approx(math.log(n), abs=0.01)
+
+
+def test_report_has_every_figure(trained):
+    model, batches = trained
+    figures = report(model, batches, k=5)
+    assert figures["iwae_nats"] < figures["negative_elbo_nats"]
+    assert figures["bits_per_dim"] is None  # Bernoulli on grey levels is not a distribution of 8-bit values
+    assert 0 <= figures["active_units"] <= 8 and len(figures["kl_per_dim"]) == 8
+    assert 0 < figures["mutual_information_nats"] <= math.log(200) + 0.1
+    assert sum(figures["kl_per_dim"]) == pytest.approx(figures["kl_nats"], rel=0.05)
+
+
+def test_report_of_a_colour_model_gives_bits_per_dim():
+    model = VAE(image_shape=(3, 32, 32), arch="conv", likelihood="logistic", latent_dim=4)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    figures = report(model, data.Batches(x, torch.zeros(6, dtype=torch.int64), 3, shuffle=False), k=2)
+    assert figures["bits_per_dim"] == pytest.approx(figures["negative_elbo_nats"] / (3072 * math.log(2)))
+    # an untrained model is close to uniform over 256 values, about 8 bits/dim, not far from it
+    assert 4 < figures["bits_per_dim"] < 12
+
+
+def test_posterior_stats_shapes(trained):
+    mu, logvar = posterior_stats(*trained)
+    assert mu.shape == logvar.shape == (200, 8)

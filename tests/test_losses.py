@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+from cvaelib import CVAE, VAE
+from cvaelib.losses import (DiscretizedLogistic, GaussianLikelihood, bits_per_dim, elbo, gaussian_kl,
+                            make_likelihood)
+
+
+def test_kl_to_standard_normal_matches_torch_distributions():
+    mu, logvar = torch.randn(5, 4), torch.randn(5, 4)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0))
+    torch.testing.assert_close(gaussian_kl(mu, logvar), expected)
+
+
+def test_kl_to_learned_prior_matches_torch_distributions():
+    mu, logvar, pmu, plogvar = (torch.randn(5, 4) for _ in range(4))
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(pmu, (0.5 * plogvar).exp()))
+    torch.testing.assert_close(gaussian_kl(mu, logvar, pmu, plogvar), expected)
+
+
+def test_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    mu, logvar = torch.tensor([0.7, -1.2]), torch.tensor([-0.5, 0.3])
+    q = Normal(mu, (0.5 * logvar).exp())
+    z = q.sample((200_000,))
+    mc = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).mean(0)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), mc, atol=0.01, rtol=0.01)
+
+
+def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
+    assert gaussian_kl(torch.zeros(3, 2), torch.zeros(3, 2)).abs().max() == 0
+    assert (gaussian_kl(torch.randn(3, 2) + 0.1, torch.randn(3, 2)) > 0).all()
+
+
+def test_reparameterisation_has_the_right_moments_and_gradients():
+    torch.manual_seed(0)
+    mu = torch.tensor([1.5, -2.0], requires_grad=True)
+    logvar = torch.tensor([0.0, math.log(0.25)], requires_grad=True)
+    z = CVAE.reparameterize(mu.expand(100_000, 2), logvar.expand(100_000, 2))
+    torch.testing.assert_close(z.mean(0), mu.detach(), atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.5]), atol=0.02, rtol=0)
+    z.sum().backward()
+    assert mu.grad is not None and logvar.grad is not None
+
+
+def test_bernoulli_log_prob_matches_torch_distributions():
+    logits, x = torch.randn(3, 1, 28, 28), torch.randint(0, 2, (3, 1, 28, 28)).float()
+    expected = Bernoulli(logits=logits).log_prob(x).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(make_likelihood("bernoulli").log_prob(logits, x), expected)
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    mean, x = torch.rand(3, 1, 28, 28), torch.rand(3, 1, 28, 28)
+    sigma = math.sqrt(0.5)
+    expected = Normal(mean, sigma).log_prob(x).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(GaussianLikelihood(sigma).log_prob(mean, x), expected)
+
+
+def test_learned_sigma_is_a_parameter_that_gets_a_gradient():
+    lik = make_likelihood("sigma")
+    assert [n for n, _ in lik.named_parameters()] == ["log_sigma"]
+    lik.log_prob(torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)).sum().backward()
+    assert lik.log_sigma.grad is not None
+    assert list(GaussianLikelihood(0.5).parameters()) == []
+
+
+def test_discretized_logistic_is_a_distribution_over_256_values():
+    lik = DiscretizedLogistic()
+    values = torch.arange(256).float().div(255).view(256, 1, 1, 1)  # every pixel value, one per "image"
+    for mean_logit, log_scale in [(0.0, -2.0), (2.5, -4.0), (-3.0, 0.5), (0.3, -6.5)]:
+        params = torch.tensor([mean_logit, log_scale]).view(1, 2, 1, 1).expand(256, 2, 1, 1)
+        total = lik.log_prob(params, values).exp().sum()
+        torch.testing.assert_close(total, torch.tensor(1.0), atol=2e-3, rtol=0)
+
+
+def test_bits_per_dim_converts_nats():
+    assert bits_per_dim(3072 * math.log(2), 3072) == pytest.approx(1.0)
+    # a uniform distribution over 256 values costs exactly 8 bits per dimension
+    assert bits_per_dim(3072 * math.log(256), 3072) == pytest.approx(8.0)
+
+
+def test_unknown_likelihood_is_rejected():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        make_likelihood("poisson")
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        GaussianLikelihood(0.0)
+
+
+def test_elbo_parts_are_sums_per_image_and_beta_weighs_the_kl():
+    torch.manual_seed(0)
+    model, x, y = CVAE(), torch.rand(4, 1, 28, 28), torch.arange(4)
+    torch.manual_seed(1)
+    parts = elbo(model, x, y, beta=3.0)
+    torch.manual_seed(1)
+    out = model(x, y)
+    recon = -Bernoulli(logits=out["params"], validate_args=False).log_prob(x).sum(dim=(1, 2, 3))
+    kl = kl_divergence(Normal(out["mu"], (0.5 * out["logvar"]).exp()), Normal(0.0, 1.0)).sum(1)
+    torch.testing.assert_close(parts["recon"], recon.mean())
+    torch.testing.assert_close(parts["kl"], kl.mean())
+    torch.testing.assert_close(parts["loss"], (recon + 3.0 * kl).mean())
+    torch.testing.assert_close(parts["nelbo"], (recon + kl).mean())
+    torch.testing.assert_close(parts["kl_per_dim"].sum(), kl.mean())
+    assert parts["recon"] > 784 * 0.3  # nats per image, not per pixel
+
+
+def test_elbo_of_a_vae_ignores_labels():
+    model = VAE()
+    assert torch.isfinite(elbo(model, torch.rand(2, 1, 28, 28), torch.tensor([3, 4]))["loss"])

@@ -1,0 +1,58 @@
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from cvaelib import CVAE, VAE, plots
+from cvaelib.data import class_names
+
+NAMES = class_names("fashion_mnist")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_image_grids():
+    images = torch.rand(20, 1, 28, 28)
+    assert isinstance(plots.image_grid(images, nrow=5, title="t"), Figure)
+    assert isinstance(plots.image_grid(torch.rand(4, 3, 32, 32)), Figure)
+    fig = plots.reconstructions(images, images.flip(0), n=6)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["original", "reconstruction"]
+
+
+def test_class_samples_labels_every_row():
+    fig = plots.class_samples(torch.rand(30, 1, 28, 28), NAMES, n_per_class=3)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == NAMES
+
+
+def test_latent_scatter_names_classes():
+    fig = plots.latent_scatter(torch.randn(100, 2), torch.arange(100) % 10, NAMES)
+    colorbar = fig.axes[1]
+    assert [t.get_text() for t in colorbar.get_yticklabels()] == NAMES
+    assert fig.axes[0].get_xlabel() == "$z_1$"
+
+
+def test_manifolds():
+    assert isinstance(plots.manifold(VAE(latent_dim=2), n=5), Figure)
+    fig = plots.manifold_per_class(CVAE(latent_dim=2), NAMES, n=3)
+    assert [ax.get_title() for ax in fig.axes] == NAMES
+    with pytest.raises(ValueError, match="needs a 2-D latent"):
+        plots.manifold(VAE(latent_dim=3))
+
+
+def test_interpolation_and_traversal():
+    model = CVAE(latent_dim=4)
+    assert isinstance(plots.interpolation(model, torch.zeros(4), torch.ones(4), y=3, steps=5), Figure)
+    fig = plots.traversal(model, torch.zeros(4), dims=[0, 2], steps=5, y=1)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["$z_{1}$", "$z_{3}$"]
+
+
+def test_confusion_and_history():
+    matrix = torch.eye(10, dtype=torch.int64) * 5
+    fig = plots.confusion(matrix, NAMES)
+    assert fig.axes[0].get_ylabel() == "requested"
+    records = [{"epoch": 1, "train_nelbo": 3.0, "test_nelbo": 3.5}, {"epoch": 2, "train_nelbo": 2.0, "test_nelbo": 2.5}]
+    assert len(plots.history(records).axes[0].lines) == 2

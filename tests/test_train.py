@@ -1,0 +1,95 @@
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from cvaelib import CVAE, data, load_checkpoint
+from cvaelib.losses import elbo
+from cvaelib.train import fit
+
+META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
+
+
+def _batches(x, y, batch_size=50):
+    return data.Batches(x, y, batch_size, seed=1)
+
+
+def test_loss_falls_on_real_data(mnist_subset):
+    x, y, xt, yt = mnist_subset
+    model = CVAE(latent_dim=4)
+    history = fit(model, elbo, _batches(x, y), 5, test_batches=data.Batches(xt, yt, 250, shuffle=False),
+                  device="cpu", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["test_nelbo"] < history[0]["test_nelbo"]
+    assert {"train_recon", "train_kl", "test_recon", "test_kl"} <= set(history[0])
+
+
+def test_checkpoint_round_trip_reproduces_samples(mnist_subset, tmp_path):
+    x, y, _, _ = mnist_subset
+    model = CVAE(**META["model"])
+    fit(model, elbo, _batches(x, y), 1, device="cpu", checkpoint=tmp_path / "m.pt", meta=META, progress=False)
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.meta["dataset"] == "mnist" and loaded.meta["epoch"] == 1
+    model.eval()
+    torch.manual_seed(7)
+    expected = model.sample(torch.arange(10))
+    torch.manual_seed(7)
+    torch.testing.assert_close(loaded.sample(torch.arange(10)), expected, rtol=0, atol=0)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupting(loss_fn, at_call):
+    calls = {"n": 0}
+
+    def wrapped(model, x, y):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise Interrupt  # like Ctrl-C in the middle of an epoch
+        return loss_fn(model, x, y)
+
+    return wrapped
+
+
+def test_interrupted_run_resumes_exactly(mnist_subset, tmp_path):
+    x, y, _, _ = mnist_subset
+    batches = _batches(x, y)  # 200 images: 4 steps per epoch
+    torch.manual_seed(0)
+    straight = CVAE(**META["model"])
+    history = fit(straight, elbo, batches, 3, device="cpu", seed=5, progress=False)
+
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    interrupted = CVAE(**META["model"])
+    with pytest.raises(Interrupt):  # dies in epoch 2, after epoch 1 was saved
+        fit(interrupted, _interrupting(elbo, 6), batches, 3, device="cpu", seed=5, checkpoint=path,
+            meta=META, progress=False)
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+    resumed = CVAE(**META["model"])  # a fresh process would start from a fresh model
+    resumed_history = fit(resumed, elbo, batches, 3, device="cpu", seed=5, checkpoint=path, meta=META,
+                          progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed_history == history
+
+
+def test_nan_stops_training_naming_step_and_part(mnist_subset):
+    x, y, _, _ = mnist_subset
+
+    def bad_kl(model, x, y):
+        parts = elbo(model, x, y)
+        parts["kl"] = parts["kl"] * math.nan
+        return parts
+
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at epoch 1, step 1: kl=nan"):
+        fit(CVAE(latent_dim=2), bad_kl, _batches(x, y), 1, device="cpu", progress=False)
+
+
+def test_beta_is_passed_through(mnist_subset):
+    x, y, _, _ = mnist_subset
+    history = fit(CVAE(latent_dim=2), partial(elbo, beta=0.0), _batches(x, y), 1, device="cpu", progress=False)
+    assert history[0]["train_loss"] == pytest.approx(history[0]["train_recon"], rel=1e-5)

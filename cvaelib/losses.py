@@ -133,18 +133,19 @@ def bits_per_dim(nats_per_image, num_dims):
     return nats_per_image / (num_dims * math.log(2))
 
 
-def elbo(model, x, y=None, beta=1.0):
+def elbo(model, x, y=None, beta=1.0, kl_fn=gaussian_kl):
     """The beta-weighted negative ELBO and its parts, in nats per image (chapter 1).
 
     Returns batch means of ``loss`` = recon + beta * kl, ``recon`` = -log p(x|z),
     ``kl``, ``nelbo`` = recon + kl (the true negative ELBO whatever beta is), and
     ``kl_per_dim`` of shape (D,), plus ``nelbo_per_image`` of shape (B,).
     A VAE (``model.num_classes == 0``) ignores ``y``, so one loop trains both.
+    ``kl_fn(mu, logvar, prior_mu, prior_logvar)`` -> (B, D) lets a chapter try another KL.
     """
     y = y if model.num_classes else None
     out = model(x, y)
     recon = -model.likelihood.log_prob(out["params"], x)  # (B,)
-    kl_per_dim = gaussian_kl(out["mu"], out["logvar"], *out["prior"])  # (B, D)
+    kl_per_dim = kl_fn(out["mu"], out["logvar"], *out["prior"])  # (B, D)
     kl = kl_per_dim.sum(dim=1)  # (B,)
     return {
         "loss": (recon + beta * kl).mean(),

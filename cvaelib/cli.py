@@ -47,6 +47,9 @@ def _parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--data-root", help=f"dataset folder (default: ${data.ENV_VAR}, else ./data)")
+    t.add_argument("--bf16", action="store_true", help="mixed precision: autocast to bfloat16")
+    t.add_argument("--channels-last", action="store_true", help="channels-last layout for convolutions")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     s = sub.add_parser("sample", help="write K samples per class to an .npz")
@@ -107,7 +110,8 @@ def train(args):
     print(f"training a {args.model} on {args.dataset} ({len(images)} images) for {epochs} epochs on {device}")
     start = time.time()
     fit(model, partial(elbo, beta=args.beta), train_batches, epochs, test_batches=test_batches, lr=args.lr, device=device,
-        seed=args.seed, clip_grad=args.clip_grad, checkpoint=args.out, meta=meta, progress=not args.no_progress)
+        seed=args.seed, clip_grad=args.clip_grad, checkpoint=args.out, meta=meta, progress=not args.no_progress,
+        bf16=args.bf16, channels_last=args.channels_last, compile=args.compile)
     final = evaluate_loss(model, elbo, test_batches, device)
     figures = {"test_negative_elbo_nats": final["nelbo"], "test_reconstruction_nats": final["recon"],
                "test_kl_nats": final["kl"], "seconds": round(time.time() - start, 1)}

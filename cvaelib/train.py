@@ -124,8 +124,9 @@ def fit(model, loss_fn, train_batches, num_epochs, *, test_batches=None, optimiz
             return _scalars(loss_fn(run, x, y))
 
     for epoch in range(start, num_epochs):
-        if hasattr(train_batches, "set_epoch"):
-            train_batches.set_epoch(epoch)
+        for thing in (train_batches, loss_fn):  # seeded shuffling; a loss with a KL schedule
+            if hasattr(thing, "set_epoch"):
+                thing.set_epoch(epoch)
         model.train()
         names, totals, pending, n = None, 0.0, [], 0
 

@@ -1,0 +1,140 @@
+import math
+
+import pytest
+import torch
+
+from cvaelib import CVAE, VAE, data
+from cvaelib.diagnostics import decoder_sensitivity, diagnose
+from cvaelib.losses import elbo, gaussian_kl
+from cvaelib.remedies import (RemedyLoss, balanced_kl, beta_schedule, free_bits, group_balance_weights, group_kl,
+                              optimal_sigma)
+from cvaelib.train import fit
+
+
+def test_beta_schedules():
+    assert beta_schedule("constant", 0.0) == 1.0
+    assert [beta_schedule("linear", p, warmup=2) for p in (0, 1, 2, 5)] == [0.0, 0.5, 1.0, 1.0]
+    # 2 cycles over 4 epochs: each cycle of 2 epochs rises over its first half, then stays at 1
+    values = [beta_schedule("cyclical", p, warmup=4, cycles=2, ratio=0.5) for p in (0, 0.5, 1, 1.5, 2, 2.5)]
+    assert values == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match="unknown beta schedule 'cosine'"):
+        beta_schedule("cosine", 0.0)
+
+
+def test_free_bits_floors_small_dimensions_and_stops_their_gradient():
+    kl = torch.tensor([[0.1, 2.0], [0.3, 4.0]], requires_grad=True)  # batch means 0.2 and 3.0
+    out = free_bits(kl, 0.5)
+    torch.testing.assert_close(out, torch.tensor([0.5 + 2.0, 0.5 + 4.0]))
+    out.sum().backward()
+    torch.testing.assert_close(kl.grad, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+
+
+def test_free_bits_per_group():
+    kl = torch.tensor([[0.1, 0.1, 3.0]])
+    torch.testing.assert_close(free_bits(kl, 1.0, group_sizes=(2, 1)), torch.tensor([1.0 + 3.0]))
+
+
+def test_group_kl_and_bad_sizes():
+    kl = torch.arange(6.0).view(1, 6)
+    torch.testing.assert_close(group_kl(kl, (2, 4)), torch.tensor([[1.0, 14.0]]))
+    with pytest.raises(ValueError, match=r"group sizes \(2, 3\) do not add up to the latent size 6"):
+        group_kl(kl, (2, 3))
+
+
+def test_group_balance_weights_match_a_hand_computation():
+    kl_groups = torch.tensor([[1.0, 4.0], [3.0, 8.0]], requires_grad=True)
+    weights = group_balance_weights(kl_groups, (2, 4))
+    # batch means 2 and 6, plus 0.01, divided by the sizes 2 and 4: 1.005 and 1.5025; mean 1.25375
+    torch.testing.assert_close(weights, torch.tensor([1.005 / 1.25375, 1.5025 / 1.25375]))
+    assert weights.mean().item() == pytest.approx(1.0) and not weights.requires_grad
+
+
+def test_balanced_kl_has_the_plain_value_and_splits_gradients_by_alpha():
+    torch.manual_seed(0)
+    leaves = [torch.randn(4, 3, requires_grad=True) for _ in range(4)]
+    mu, logvar, pmu, plogvar = leaves
+    alpha = 0.8
+    balanced = balanced_kl(mu, logvar, pmu, plogvar, alpha)
+    plain = gaussian_kl(mu, logvar, pmu, plogvar)
+    torch.testing.assert_close(balanced, plain)
+    grads_balanced = torch.autograd.grad(balanced.sum(), leaves)
+    grads_plain = torch.autograd.grad(plain.sum(), leaves)
+    for g_b, g_p in zip(grads_balanced[:2], grads_plain[:2]):  # the posterior's share: 1 - alpha
+        torch.testing.assert_close(g_b, (1 - alpha) * g_p)
+    for g_b, g_p in zip(grads_balanced[2:], grads_plain[2:]):  # the prior's share: alpha
+        torch.testing.assert_close(g_b, alpha * g_p)
+    with pytest.raises(ValueError, match="needs a learned prior"):
+        balanced_kl(mu, logvar, None, None)
+
+
+def test_optimal_sigma_is_the_root_mean_squared_error():
+    x, mean = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 0.3)
+    assert float(optimal_sigma(x, mean)) == pytest.approx(0.3)
+
+
+def test_remedy_loss_without_remedies_is_the_elbo():
+    model, x, y = CVAE(latent_dim=4), torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    torch.manual_seed(0)
+    expected = elbo(model, x, y)
+    torch.manual_seed(0)
+    got = RemedyLoss()(model, x, y)
+    for key in ("loss", "recon", "kl", "nelbo"):
+        torch.testing.assert_close(got[key], expected[key])
+
+
+def test_remedy_loss_schedule_advances_with_training_steps_and_resets_each_epoch():
+    model, x, y = CVAE(latent_dim=4), torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    loss = RemedyLoss(schedule="linear", warmup=2, steps_per_epoch=4)
+    betas = [float(loss(model, x, y)["beta"]) for _ in range(3)]
+    assert betas == [0.0, 0.125, 0.25]
+    loss.set_epoch(1)
+    assert float(loss(model, x, y)["beta"]) == 0.5
+    model.eval()  # evaluation does not advance the schedule
+    assert float(loss(model, x, y)["beta"]) == float(loss(model, x, y)["beta"]) == 0.625
+
+
+def test_remedy_loss_options_are_checked():
+    with pytest.raises(ValueError, match="group balancing needs group_sizes"):
+        RemedyLoss(group_balance=True)
+    with pytest.raises(ValueError, match="unknown beta schedule"):
+        RemedyLoss(schedule="step")
+    with pytest.raises(ValueError, match="needs a Gaussian decoder"):
+        RemedyLoss(sigma="optimal")(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+
+
+def test_remedy_loss_with_every_remedy_trains(mnist_subset):
+    x, y, _, _ = mnist_subset
+    batches = data.Batches(x, y, 50)
+    for model, loss in [
+        (CVAE(latent_dim=6, prior="learned"), RemedyLoss(kl_balance=0.8, free_bits=0.1)),
+        (CVAE(latent_dim=6), RemedyLoss(schedule="cyclical", group_sizes=(2, 4), group_balance=True,
+                                        steps_per_epoch=len(batches), warmup=2)),
+        (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(sigma="optimal")),
+    ]:
+        history = fit(model, loss, batches, 2, device="cpu", progress=False)
+        assert all(math.isfinite(h["train_nelbo"]) for h in history)
+
+
+def test_diagnose_recognises_a_collapsed_posterior():
+    model = VAE(latent_dim=4)
+    head = model.encoder.head
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)  # q(z|x) = N(0, I) for every x: the posterior is the prior
+    last = model.decoder.net[-3]
+    torch.nn.init.zeros_(last.weight)  # and the decoder's output no longer depends on z
+    batches = data.Batches(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8),
+                           torch.zeros(64, dtype=torch.int64), 32, shuffle=False)
+    report = diagnose(model, batches)
+    assert report["collapsed"] and report["active_units"] == 0 and report["total_kl"] == pytest.approx(0, abs=1e-6)
+    assert report["decoder_sensitivity"] == pytest.approx(0, abs=1e-6)
+    assert "0 of 4 latent dimensions active" in report["evidence"][0]
+
+
+def test_diagnose_calls_a_trained_model_healthy(mnist_subset):
+    x, y, xt, yt = mnist_subset
+    model = CVAE(latent_dim=2)
+    fit(model, elbo, data.Batches(x, y, 50), 5, device="cpu", progress=False)
+    report = diagnose(model, data.Batches(xt, yt, 250, shuffle=False))
+    assert not report["collapsed"] and report["active_units"] >= 1
+    assert report["decoder_sensitivity"] > 0.01 and report["mutual_information"] > 0.1
+    assert decoder_sensitivity(model) == report["decoder_sensitivity"]

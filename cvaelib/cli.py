@@ -3,7 +3,6 @@ import argparse
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,9 @@ import torch
 from . import data
 from .checkpoint import load_checkpoint
 from .evaluate import report
-from .losses import LIKELIHOODS, bits_per_dim, elbo
+from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, CVAE
+from .remedies import RemedyLoss
 from .train import default_device, evaluate_loss, fit, seed_everything
 
 # Defaults chosen so that prior samples are the requested class (see README, "Defaults").
@@ -40,10 +40,18 @@ def _parser():
     t.add_argument("--conditioning", default="concat", choices=CONDITIONINGS)
     t.add_argument("--prior", choices=PRIORS, help="a VAE always uses the standard prior")
     t.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
+    t.add_argument("--schedule", default="constant", choices=["constant", "linear", "cyclical"],
+                   help="KL weight schedule (chapter 4)")
+    t.add_argument("--warmup", type=float, default=1.0, help="epochs of the KL warm-up (or of all cycles)")
+    t.add_argument("--free-bits", type=float, help="free bits: nats each latent dimension (or group) may keep")
+    t.add_argument("--group-sizes", type=int, nargs="+", help="split the latent into groups of these sizes")
+    t.add_argument("--group-balance", action="store_true", help="NVAE KL balancing of the groups during warm-up")
+    t.add_argument("--kl-balance", type=float, help="DreamerV2 KL balancing with this alpha (learned prior)")
+    t.add_argument("--optimal-sigma", action="store_true", help="sigma-VAE: analytic shared sigma (Gaussian)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    t.add_argument("--subset", type=int, help="train on this many images per class (smoke runs)")
+    t.add_argument("--subset", type=int, help="train and test on this many images per class (smoke runs)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--data-root", help=f"dataset folder (default: ${data.ENV_VAR}, else ./data)")
@@ -69,10 +77,12 @@ def _parser():
     return p
 
 
-def _test_batches(name, root, device, n=None):
+def _test_batches(name, root, device, n=None, per_class=None):
     images, labels = data.load(name, "test", root)
     if n is not None:
         images, labels = images[:n], labels[:n]
+    if per_class is not None:
+        images, labels = data.stratified_subset(images, labels, per_class)
     return data.Batches(images, labels, 500, shuffle=False, device=device)
 
 
@@ -89,7 +99,10 @@ def train(args):
         prior=(args.prior or defaults["prior"]) if conditional else "standard",
         sigma=args.sigma,
     )
-    settings = dict(beta=args.beta, batch_size=args.batch_size, lr=args.lr, clip_grad=args.clip_grad,
+    remedies = dict(beta=args.beta, schedule=args.schedule, warmup=args.warmup, free_bits=args.free_bits,
+                    group_sizes=args.group_sizes, group_balance=args.group_balance, kl_balance=args.kl_balance,
+                    sigma="optimal" if args.optimal_sigma else None)
+    settings = dict(**remedies, batch_size=args.batch_size, lr=args.lr, clip_grad=args.clip_grad,
                     subset=args.subset, seed=args.seed)
     meta = {"dataset": args.dataset, "model": config, "train": settings}
     if args.out.exists():
@@ -103,16 +116,17 @@ def train(args):
     if args.subset:
         images, labels = data.stratified_subset(images, labels, args.subset, seed=args.seed)
     train_batches = data.Batches(images, labels, args.batch_size, device=device, seed=args.seed)
-    test_batches = _test_batches(args.dataset, args.data_root, device)
+    test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
     seed_everything(args.seed)
     model = CVAE(**config)
     epochs = args.epochs or defaults["epochs"]
     print(f"training a {args.model} on {args.dataset} ({len(images)} images) for {epochs} epochs on {device}")
     start = time.time()
-    fit(model, partial(elbo, beta=args.beta), train_batches, epochs, test_batches=test_batches, lr=args.lr, device=device,
+    loss = RemedyLoss(**remedies, steps_per_epoch=len(train_batches))  # without remedies: the ELBO
+    fit(model, loss, train_batches, epochs, test_batches=test_batches, lr=args.lr, device=device,
         seed=args.seed, clip_grad=args.clip_grad, checkpoint=args.out, meta=meta, progress=not args.no_progress,
         bf16=args.bf16, channels_last=args.channels_last, compile=args.compile)
-    final = evaluate_loss(model, elbo, test_batches, device)
+    final = evaluate_loss(model, loss, test_batches, device)  # nelbo: the true negative ELBO, whatever beta
     figures = {"test_negative_elbo_nats": final["nelbo"], "test_reconstruction_nats": final["recon"],
                "test_kl_nats": final["kl"], "seconds": round(time.time() - start, 1)}
     if model.likelihood.discrete:

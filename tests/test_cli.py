@@ -58,3 +58,13 @@ def test_not_a_checkpoint_is_named(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.pt is not a cvaelib checkpoint"):
         load_checkpoint(bad)
+
+
+def test_train_cifar_with_remedies_reports_bits_per_dim(real_data_root, tmp_path, capsys):
+    ckpt = tmp_path / "cifar.pt"
+    main(["train", "--dataset", "cifar10", "--epochs", "1", "--subset", "4", "--latent-dim", "8", "--out", str(ckpt),
+          "--schedule", "linear", "--kl-balance", "0.8", "--free-bits", "0.1", "--device", "cpu", "--no-progress",
+          "--data-root", real_data_root])
+    figures = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
+    assert 3 < figures["test_bits_per_dim"] < 12
+    assert load_checkpoint(ckpt).meta["train"]["kl_balance"] == 0.8

@@ -1,0 +1,195 @@
+import math
+from functools import partial
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cvaelib import data
+from cvaelib.structured import (HIDDEN, BaselineNet, StructuredCVAE, baseline_nll, completion_figure, evaluate,
+                                importance_nll, masked_log_prob, negative_elbo, quadrant_mask, split_quadrants,
+                                structured_loss)
+from cvaelib.train import fit
+
+
+def random_images(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g)
+
+
+@pytest.mark.parametrize("num_given", [1, 2, 3])
+def test_split_reconstructs_the_image_exactly(num_given):
+    images = random_images()
+    x, y, mask = split_quadrants(images, num_given)
+    assert x.shape == y.shape == mask.shape == images.shape
+    assert torch.equal(x * (1 - mask) + y * mask, images)
+    # hidden pixels of x are exactly the masked ones, and y is empty where x is given
+    assert torch.equal(x == HIDDEN, mask.bool())
+    assert torch.all(y[mask == 0] == 0)
+    # the given and the missing pixels are complementary and cover the image once
+    given = 1 - mask
+    assert torch.all((given + mask) == 1) and torch.all(given * mask == 0)
+    assert torch.all(mask.sum(dim=(1, 2, 3)) == 784 - 196 * num_given)
+
+
+def test_quadrant_convention_follows_pyro():
+    missing = {n: quadrant_mask(n)[0, 0] for n in (1, 2, 3)}
+    top_left, top_right = (slice(0, 14), slice(0, 14)), (slice(0, 14), slice(14, 28))
+    bottom_left, bottom_right = (slice(14, 28), slice(0, 14)), (slice(14, 28), slice(14, 28))
+
+    def is_given(m, quadrant):
+        return bool(torch.all(m[quadrant] == 0))
+
+    assert [q for q in (top_left, top_right, bottom_left, bottom_right) if is_given(missing[1], q)] == [bottom_left]
+    assert [q for q in (top_left, top_right, bottom_left, bottom_right) if is_given(missing[2], q)] == [top_left,
+                                                                                                         bottom_left]
+    assert bool(torch.all(missing[3][bottom_right] == 1)) and int(missing[3].sum()) == 196
+
+
+@pytest.mark.parametrize("bad", [0, 4, -1, 2.5, "2"])
+def test_bad_quadrant_counts_are_rejected(bad):
+    with pytest.raises(ValueError, match=r"num_given .* must be 1, 2 or 3"):
+        split_quadrants(random_images(), bad)
+
+
+def test_bad_image_shape_is_rejected():
+    with pytest.raises(ValueError, match=r"shape \(B, 1, H, H\)"):
+        split_quadrants(torch.rand(2, 3, 28, 28), 2)
+
+
+def test_shapes():
+    torch.manual_seed(0)
+    images = random_images(5)
+    x, y, mask = split_quadrants(images, 2)
+    baseline, cvae = BaselineNet(hidden=32), StructuredCVAE(latent_dim=4, hidden=32)
+    assert baseline(x).shape == (5, 1, 28, 28)
+    assert baseline.predict(x).min() >= 0 and baseline.predict(x).max() <= 1
+    for mu, logvar in (cvae.prior(x), cvae.encode(x, y)):
+        assert mu.shape == logvar.shape == (5, 4)
+    assert cvae.decode_params(torch.randn(5, 4), x).shape == (5, 1, 28, 28)
+    assert cvae.predict(x, num_samples=3).shape == (3, 5, 1, 28, 28)
+    parts = negative_elbo(cvae, x, y, mask, num_samples=10)
+    assert parts["nelbo_per_image"].shape == (5,) and parts["loss"].dim() == 0
+    assert torch.allclose(parts["nelbo"], parts["recon"] + parts["kl"])
+    assert importance_nll(cvae, x, y, mask, k=7, chunk=3).shape == (5,)
+    assert baseline_nll(baseline, x, y, mask)["nll_per_image"].shape == (5,)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        importance_nll(cvae, x, y, mask, k=0)
+
+
+def test_masked_log_prob_counts_only_the_missing_pixels():
+    torch.manual_seed(0)
+    images = random_images(4)
+    x, y, mask = split_quadrants(images, 1)
+    logits = torch.randn_like(images)
+    changed = logits + 10 * (1 - mask) * torch.randn_like(images)  # only the given pixels change
+    assert torch.allclose(masked_log_prob(logits, y, mask), masked_log_prob(changed, y, mask))
+    by_hand = -(F.binary_cross_entropy_with_logits(logits, images, reduction="none") * mask).sum(dim=(1, 2, 3))
+    assert torch.allclose(masked_log_prob(logits, y, mask), by_hand)
+
+
+def test_generation_network_reads_x():
+    torch.manual_seed(0)
+    cvae = StructuredCVAE(latent_dim=4, hidden=32)
+    x1, _, _ = split_quadrants(random_images(3, seed=1), 2)
+    x2, _, _ = split_quadrants(random_images(3, seed=2), 2)
+    z = torch.randn(3, 4)
+    assert not torch.allclose(cvae.decode_params(z, x1), cvae.decode_params(z, x2))
+
+
+def test_recognition_network_sees_the_whole_image():
+    torch.manual_seed(0)
+    cvae = StructuredCVAE(latent_dim=4, hidden=32)
+    x, y, mask = split_quadrants(random_images(3), 2)
+    _, y_other, _ = split_quadrants(random_images(3, seed=5), 2)
+    assert not torch.allclose(cvae.encode(x, y)[0], cvae.encode(x, y_other)[0])
+
+
+def test_structured_loss_trains_both_models_with_fit(mnist_subset):
+    images, labels, _, _ = mnist_subset
+    batches = data.Batches(images, labels, 50, seed=0)
+    for model in (BaselineNet(hidden=64), StructuredCVAE(latent_dim=8, hidden=64)):
+        history = fit(model, partial(structured_loss, num_given=2), batches, 3, device="cpu", progress=False)
+        assert all(math.isfinite(r["train_loss"]) for r in history)
+        assert history[-1]["train_loss"] < history[0]["train_loss"], type(model).__name__
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An untrained CVAE whose q(z|x,y) is far from its prior and whose p(y|x,z) depends strongly on z.
+
+    A briefly trained CVAE barely uses z (KL near 0), so every estimate would coincide; here
+    q = N(1, e^-1) per dimension against p(z|x) = N(0, I), a KL of about 5.5 nats, so the
+    importance weights vary and the estimates for different K differ measurably.
+    """
+    torch.manual_seed(0)
+    model = StructuredCVAE(latent_dim=8, hidden=64).eval()
+    with torch.no_grad():
+        model.prior_net[-1].weight.zero_()  # p(z|x) = N(0, I)
+        model.prior_net[-1].bias.zero_()
+        model.recognition_net[-1].weight.mul_(0.1)
+        model.recognition_net[-1].bias[:8] = 1.0  # mu of q near 1
+        model.recognition_net[-1].bias[8:] = -1.0  # logvar of q near -1
+        model.generation_net[0].weight[:, 784:] *= 5  # the columns that read z
+    x, y, mask = split_quadrants(random_images(200, seed=3), 1)
+    return model, x, y, mask
+
+
+def test_importance_estimate_is_below_the_elbo_and_decreases_with_k(trained):
+    model, x, y, mask = trained
+    torch.manual_seed(0)
+    with torch.no_grad():
+        nelbo = float(negative_elbo(model, x, y, mask, num_samples=100)["nelbo"])
+    estimates = {}
+    for k in (1, 10, 100, 1000):
+        torch.manual_seed(k)
+        estimates[k] = float(importance_nll(model, x, y, mask, k=k).mean())
+    assert all(math.isfinite(v) for v in estimates.values())
+    assert estimates[100] <= nelbo and estimates[1000] <= nelbo, (estimates, nelbo)
+    # larger K: a tighter (lower) estimate, and the steps shrink as it converges
+    assert estimates[1] > estimates[10] > estimates[100] > estimates[1000] - 0.05, estimates
+    assert estimates[100] - estimates[1000] < estimates[1] - estimates[10], estimates
+
+
+def test_one_sample_importance_estimate_is_the_elbo_in_expectation(trained):
+    model, x, y, mask = trained
+    torch.manual_seed(0)
+    with torch.no_grad():
+        nelbo = negative_elbo(model, x, y, mask, num_samples=500)["nelbo_per_image"]  # (B,), near exact
+    draws = torch.stack([importance_nll(model, x, y, mask, k=1) for _ in range(50)])  # (50, B)
+    diff = draws - nelbo  # noise of the 1-sample estimate (with a sampled, not exact, KL)
+    standard_error = float(diff.std() / math.sqrt(diff.numel()))
+    assert abs(float(diff.mean())) < 4 * standard_error + 0.05, (float(diff.mean()), standard_error)
+
+
+def test_importance_estimate_is_below_the_elbo_for_an_untrained_model():
+    torch.manual_seed(0)
+    model = StructuredCVAE(latent_dim=8, hidden=64).eval()
+    x, y, mask = split_quadrants(random_images(50), 2)
+    with torch.no_grad():
+        nelbo = float(negative_elbo(model, x, y, mask, num_samples=100)["nelbo"])
+    assert float(importance_nll(model, x, y, mask, k=200).mean()) <= nelbo
+
+
+def test_evaluate_reports_exact_baseline_nll_and_cvae_bounds():
+    torch.manual_seed(0)
+    images = random_images(8)
+    batches = [(images[:5], torch.zeros(5)), (images[5:], torch.zeros(3))]
+    baseline = BaselineNet(hidden=32).eval()
+    x, y, mask = split_quadrants(images, 3)
+    with torch.no_grad():
+        expected = float(baseline_nll(baseline, x, y, mask)["nll"])
+    assert evaluate(baseline, batches, 3) == pytest.approx({"nll": expected}, rel=1e-5)
+    figures = evaluate(StructuredCVAE(latent_dim=4, hidden=32), batches, 3, num_samples=10, k=50)
+    assert set(figures) == {"nelbo", "nll"} and all(math.isfinite(v) for v in figures.values())
+
+
+def test_completion_figure_has_one_row_per_kind():
+    torch.manual_seed(0)
+    fig = completion_figure(random_images(4), 1, BaselineNet(hidden=16).eval(),
+                            StructuredCVAE(latent_dim=2, hidden=16).eval(), num_samples=2)
+    assert len(fig.axes) == (3 + 2) * 4
+    assert [fig.axes[4 * r].get_ylabel() for r in range(5)] == ["Inputs", "Truth", "NN", "CVAE sample 1",
+                                                                "CVAE sample 2"]
+    plt.close(fig)

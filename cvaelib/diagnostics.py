@@ -25,6 +25,7 @@ def decoder_sensitivity(model, num_z=64, seed=0):
     return float(torch.stack(spreads).mean())
 
 
+@torch.no_grad()
 def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=0.01):
     """KL per dimension, active units, I(x; z), decoder sensitivity, and a verdict (chapter 4).
 

@@ -18,6 +18,7 @@ def _labels(model, y):
 
 def _gaussian_log_prob(z, mu, logvar):
     """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    logvar = logvar.clamp(min=-30.0)  # an underflowing variance would make (z - mu)^2 / var a 0/0
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 

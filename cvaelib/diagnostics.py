@@ -1,7 +1,7 @@
 """Has the posterior collapsed? One report with the evidence and a verdict (chapter 4)."""
 import torch
 
-from .evaluate import active_units, kl_per_dim, mutual_information, posterior_stats
+from .evaluate import active_units, kl_per_dim, mutual_information, posterior_and_prior
 
 
 @torch.no_grad()
@@ -33,9 +33,7 @@ def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=
     unit, or a total KL below ``collapsed_nats`` together with a decoder whose output barely
     moves with z (sensitivity below ``ignored_pixels``).
     """
-    mu, logvar = posterior_stats(model, batches)
-    labels = torch.cat([y for _, y in batches]).to(mu.device)
-    prior_mu, prior_logvar = model.prior(labels if model.num_classes else None)
+    mu, logvar, prior_mu, prior_logvar = posterior_and_prior(model, batches)
     kl = kl_per_dim(mu, logvar, prior_mu, prior_logvar)  # (D,)
     units, variance = active_units(mu, threshold)
     mi = mutual_information(mu, logvar)

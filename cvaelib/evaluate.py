@@ -7,19 +7,10 @@ import math
 
 import torch
 
-from .losses import bits_per_dim, elbo, gaussian_kl
-
-LOG_2PI = math.log(2 * math.pi)
-
+from .losses import LOG_2PI, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob
 
 def _labels(model, y):
     return y if model.num_classes else None
-
-
-def _gaussian_log_prob(z, mu, logvar):
-    """log N(z; mu, exp(logvar)) summed over the last dimension."""
-    logvar = logvar.clamp(min=-30.0)  # an underflowing variance would make (z - mu)^2 / var a 0/0
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
 def _model_device(model):
@@ -58,9 +49,9 @@ def iwae_bound(model, batches, k=100):
         for _ in range(k):  # one importance sample at a time keeps memory at one batch
             z = model.reparameterize(mu, logvar)
             log_px = model.likelihood.log_prob(model.decode_params(z, y), x)  # (B,)
-            log_pz = _gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
+            log_pz = gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
                                         torch.zeros_like(z) if prior_logvar is None else prior_logvar)
-            log_w.append(log_px + log_pz - _gaussian_log_prob(z, mu, logvar))
+            log_w.append(log_px + log_pz - gaussian_log_prob(z, mu, logvar))
         log_w = torch.stack(log_w)  # (K, B)
         total += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
         n += len(x)
@@ -77,6 +68,17 @@ def posterior_stats(model, batches):
         mus.append(mu)
         logvars.append(logvar)
     return torch.cat(mus), torch.cat(logvars)
+
+
+@torch.no_grad()
+def posterior_and_prior(model, batches):
+    """mu, logvar of q(z|x,y) and the prior's (mu, logvar) for every example, (N, D) each.
+
+    The prior's are None for the standard normal N(0, I).
+    """
+    mu, logvar = posterior_stats(model, batches)
+    labels = torch.cat([y for _, y in batches]).to(mu.device)
+    return mu, logvar, *model.prior(_labels(model, labels))
 
 
 def active_units(mu, threshold=0.01):
@@ -107,7 +109,7 @@ def mutual_information(mu, logvar, chunk=256):
     log_qz = []
     for zc in z.split(chunk):
         # log q(z_i | x_j) for every i in the chunk and every j: (chunk, N)
-        log_q = _gaussian_log_prob(zc[:, None, :], mu[None], logvar[None])
+        log_q = gaussian_log_prob(zc[:, None, :], mu[None], logvar[None])
         log_qz.append(torch.logsumexp(log_q, dim=1) - math.log(n))
     return float(neg_entropy - torch.cat(log_qz).mean())
 
@@ -116,9 +118,7 @@ def report(model, batches, k=100):
     """All test figures of a model in one dict (the command line's ``evaluate``)."""
     figures = negative_elbo(model, batches)
     num_dims = math.prod(model.image_shape)
-    mu, logvar = posterior_stats(model, batches)
-    labels = torch.cat([y for _, y in batches]).to(mu.device)
-    prior_mu, prior_logvar = model.prior(_labels(model, labels))
+    mu, logvar, prior_mu, prior_logvar = posterior_and_prior(model, batches)
     units, _ = active_units(mu)
     return {
         "negative_elbo_nats": figures["nelbo"],

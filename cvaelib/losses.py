@@ -128,6 +128,12 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None):
     )
 
 
+def gaussian_log_prob(z, mu, logvar):
+    """log N(z; mu, exp(logvar)) summed over the last dimension (IWAE, MI, chapter 5)."""
+    logvar = logvar.clamp(min=-30.0)  # an underflowing variance would make (z - mu)^2 / var a 0/0
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
+
+
 def bits_per_dim(nats_per_image, num_dims):
     """Convert nats per image to bits per dimension (chapter 4)."""
     return nats_per_image / (num_dims * math.log(2))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import gaussian_kl
+from .losses import gaussian_kl, gaussian_log_prob
 
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
 NUM_PIXELS = 28 * 28
@@ -142,11 +142,6 @@ def negative_elbo(model, x, y, mask, num_samples=1):
             "nelbo_per_image": nelbo}
 
 
-def _log_normal(z, mu, logvar):
-    """log N(z; mu, exp(logvar)) summed over the last dimension."""
-    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
-
-
 @torch.no_grad()
 def importance_nll(model, x, y, mask, k=100, chunk=100):
     """-log p(y|x) by importance sampling from q, K samples: (B,) nats (chapter 5).
@@ -165,7 +160,7 @@ def importance_nll(model, x, y, mask, k=100, chunk=100):
         z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape, device=mu.device)  # (s, B, D)
         expand = lambda t: t.expand(s, *t.shape).flatten(0, 1)  # (B, ...) -> (s*B, ...)
         log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), expand(x)), expand(y), expand(mask))
-        log_w.append(log_p.view(s, -1) + _log_normal(z, prior_mu, prior_logvar) - _log_normal(z, mu, logvar))
+        log_w.append(log_p.view(s, -1) + gaussian_log_prob(z, prior_mu, prior_logvar) - gaussian_log_prob(z, mu, logvar))
     log_w = torch.cat(log_w)  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 

@@ -109,3 +109,11 @@ def test_elbo_parts_are_sums_per_image_and_beta_weighs_the_kl():
 def test_elbo_of_a_vae_ignores_labels():
     model = VAE()
     assert torch.isfinite(elbo(model, torch.rand(2, 1, 28, 28), torch.tensor([3, 4]))["loss"])
+
+
+def test_latent_gaussian_log_prob_matches_torch_distributions():
+    from cvaelib.losses import gaussian_log_prob
+
+    z, mu, logvar = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    expected = Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    torch.testing.assert_close(gaussian_log_prob(z, mu, logvar), expected)

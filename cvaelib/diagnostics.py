@@ -33,16 +33,17 @@ def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=
     unit, or a total KL below ``collapsed_nats`` together with a decoder whose output barely
     moves with z (sensitivity below ``ignored_pixels``).
     """
-    mu, logvar, prior_mu, prior_logvar = posterior_and_prior(model, batches)
+    mu, logvar, prior_mu, prior_logvar, labels = posterior_and_prior(model, batches)
     kl = kl_per_dim(mu, logvar, prior_mu, prior_logvar)  # (D,)
-    units, variance = active_units(mu, threshold)
-    mi = mutual_information(mu, logvar)
+    units, variance = active_units(mu, threshold, labels)  # a CVAE's: within each class
+    mi = mutual_information(mu, logvar, labels)  # a CVAE's: I(x; z | y)
     sensitivity = decoder_sensitivity(model)
     total_kl = float(kl.sum())
     evidence = [
-        f"{units} of {model.latent_dim} latent dimensions active (Cov_x E[z_d] > {threshold})",
+        f"{units} of {model.latent_dim} latent dimensions active (Cov_x E[z_d] > {threshold}"
+        + (", within each class)" if labels is not None else ")"),
         f"KL to the prior {total_kl:.2f} nats/image, largest dimension {float(kl.max()):.2f} nats",
-        f"I(x; z) = {mi:.2f} nats (at most log N)",
+        f"I(x; z{' | y' if labels is not None else ''}) = {mi:.2f} nats (at most log N)",
         f"decoder sensitivity to z: {sensitivity:.4f} (mean per-pixel std across z for a fixed label)",
     ]
     if units == 0 or (total_kl < collapsed_nats and sensitivity < ignored_pixels):
@@ -54,3 +55,4 @@ def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=
     return {"verdict": verdict, "evidence": evidence, "collapsed": verdict.startswith("collapsed"),
             "active_units": units, "latent_dim": model.latent_dim, "kl_per_dim": kl, "unit_variance": variance,
             "total_kl": total_kl, "mutual_information": mi, "decoder_sensitivity": sensitivity}
+

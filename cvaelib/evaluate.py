@@ -72,21 +72,29 @@ def posterior_stats(model, batches):
 
 @torch.no_grad()
 def posterior_and_prior(model, batches):
-    """mu, logvar of q(z|x,y) and the prior's (mu, logvar) for every example, (N, D) each.
+    """mu, logvar of q(z|x,y), the prior's (mu, logvar), (N, D) each, and the labels (N,).
 
-    The prior's are None for the standard normal N(0, I).
+    The prior's are None for the standard normal N(0, I), the labels None for a VAE.
     """
     mu, logvar = posterior_stats(model, batches)
-    labels = torch.cat([y for _, y in batches]).to(mu.device)
-    return mu, logvar, *model.prior(_labels(model, labels))
+    labels = _labels(model, torch.cat([y for _, y in batches]).to(mu.device))
+    return mu, logvar, *model.prior(labels), labels
 
 
-def active_units(mu, threshold=0.01):
-    """Active units (Burda et al. 2016): dimensions d with Cov_x(E_q[z_d]) > threshold.
+def active_units(mu, threshold=0.01, labels=None):
+    """Active units (Burda et al. 2016): dimensions d with Cov_x(E_q[z_d]) > threshold (chapters 1, 4).
 
-    Takes posterior means (N, D); returns the count and the per-dimension variances.
+    Takes posterior means (N, D); returns the count and the per-dimension variances. With
+    ``labels`` (N,), a CVAE's case, the variance is taken within each class (pooled): a mean
+    that moves only with the label says nothing about x beyond y, so it does not count.
     """
-    variance = mu.var(dim=0)
+    if labels is None:
+        variance = mu.var(dim=0)
+    else:
+        classes, index = labels.unique(return_inverse=True)
+        class_means = torch.zeros(len(classes), mu.shape[1], device=mu.device).index_add_(0, index, mu)
+        class_means /= torch.bincount(index, minlength=len(classes))[:, None]
+        variance = ((mu - class_means[index]) ** 2).sum(0) / max(len(mu) - len(classes), 1)  # (D,)
     return int((variance > threshold).sum()), variance
 
 
@@ -96,12 +104,17 @@ def kl_per_dim(mu, logvar, prior_mu=None, prior_logvar=None):
 
 
 @torch.no_grad()
-def mutual_information(mu, logvar, chunk=256):
+def mutual_information(mu, logvar, labels=None, chunk=256):
     """I(x; z) under q, estimated as in He et al. (2019), in nats (chapter 4).
 
     I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], with the aggregate posterior q(z)
-    approximated by the mixture of the N given posteriors.
+    approximated by the mixture of the N given posteriors. With ``labels`` (N,), a CVAE's
+    case, it is I(x; z | y): the same estimate within each class, averaged with the class
+    frequencies, so a z that only encodes the label (which the decoder is given anyway) scores 0.
     """
+    if labels is not None:
+        return sum(mutual_information(mu[labels == c], logvar[labels == c], chunk=chunk) * float((labels == c).float().mean())
+                   for c in labels.unique())
     n, d = mu.shape
     # E_q(z|x) log q(z|x) = -0.5 * D * log(2 pi) - 0.5 * sum(1 + logvar): the negative entropy
     neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
@@ -118,8 +131,8 @@ def report(model, batches, k=100):
     """All test figures of a model in one dict (the command line's ``evaluate``)."""
     figures = negative_elbo(model, batches)
     num_dims = math.prod(model.image_shape)
-    mu, logvar, prior_mu, prior_logvar = posterior_and_prior(model, batches)
-    units, _ = active_units(mu)
+    mu, logvar, prior_mu, prior_logvar, labels = posterior_and_prior(model, batches)
+    units, _ = active_units(mu, labels=labels)
     return {
         "negative_elbo_nats": figures["nelbo"],
         "reconstruction_nats": figures["recon"],
@@ -131,5 +144,5 @@ def report(model, batches, k=100):
         "active_units": units,
         "latent_dim": model.latent_dim,
         "kl_per_dim": kl_per_dim(mu, logvar, prior_mu, prior_logvar).tolist(),
-        "mutual_information_nats": mutual_information(mu, logvar),
+        "mutual_information_nats": mutual_information(mu, logvar, labels),
     }

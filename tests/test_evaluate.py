@@ -97,3 +97,22 @@ def test_report_of_a_colour_model_gives_bits_per_dim():
 def test_posterior_stats_shapes(trained):
     mu, logvar = posterior_stats(*trained)
     assert mu.shape == logvar.shape == (200, 8)
+
+
+def test_a_mean_that_moves_only_with_the_label_is_not_an_active_unit():
+    # A collapsed CVAE: q(z|x,y) = p(z|y), so the posterior mean is a function of y alone.
+    labels = torch.arange(10).repeat(50)
+    mu = torch.randn(10, 3)[labels]  # (500, 3)
+    assert active_units(mu)[0] == 3  # across classes it looks active
+    count, variance = active_units(mu, labels=labels)
+    assert count == 0 and float(variance.max()) < 1e-10
+    mu = mu + torch.tensor([0.5, 0.0, 0.0]) * torch.randn(500, 3)  # dimension 0 also moves with x
+    assert active_units(mu, labels=labels)[0] == 1
+
+
+def test_conditional_mutual_information_ignores_what_the_label_says():
+    labels = torch.arange(4).repeat(500)
+    mu = 10.0 * torch.arange(4.0)[labels, None]  # z tells the label (log 4 nats) and nothing else
+    logvar = torch.zeros(2000, 1)
+    assert mutual_information(mu, logvar) == pytest.approx(math.log(4), abs=0.05)
+    assert abs(mutual_information(mu, logvar, labels)) < 0.05

@@ -108,6 +108,9 @@ def fit(model, loss_fn, train_batches, num_epochs, *, test_batches=None, optimiz
     seed_everything(seed)
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if meta is not None and state.get("meta") != meta:  # never resume (and overwrite) another run
+            raise ValueError(f"{checkpoint} holds a checkpoint of another model or setting; "
+                             "choose another checkpoint path, or delete it to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["epoch"]

@@ -77,6 +77,17 @@ def test_interrupted_run_resumes_exactly(mnist_subset, tmp_path):
     assert resumed_history == history
 
 
+def test_a_checkpoint_of_another_model_is_refused_not_overwritten(mnist_subset, tmp_path):
+    x, y, _, _ = mnist_subset
+    path = tmp_path / "run.pt"
+    fit(CVAE(**META["model"]), elbo, _batches(x, y), 1, device="cpu", checkpoint=path, meta=META, progress=False)
+    saved = path.read_bytes()
+    other = {**META, "model": {**META["model"], "latent_dim": 8}}
+    with pytest.raises(ValueError, match="another model or setting.*delete it to start over"):
+        fit(CVAE(**other["model"]), elbo, _batches(x, y), 2, device="cpu", checkpoint=path, meta=other, progress=False)
+    assert path.read_bytes() == saved
+
+
 def test_nan_stops_training_naming_step_and_part(mnist_subset):
     x, y, _, _ = mnist_subset
 

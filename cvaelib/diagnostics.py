@@ -1,7 +1,12 @@
 """Has the posterior collapsed? One report with the evidence and a verdict (chapter 4)."""
+import math
+
 import torch
 
-from .evaluate import active_units, kl_per_dim, mutual_information, posterior_and_prior
+from .evaluate import active_units, kl_per_dim, mutual_information, negative_elbo, posterior_and_prior
+from .judge import frechet_distance, judge_samples
+from .losses import bits_per_dim
+from .train import seed_everything
 
 
 @torch.no_grad()
@@ -56,3 +61,24 @@ def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=
             "active_units": units, "latent_dim": model.latent_dim, "kl_per_dim": kl, "unit_variance": variance,
             "total_kl": total_kl, "mutual_information": mi, "decoder_sensitivity": sensitivity}
 
+
+@torch.no_grad()
+def compare(model, test_batches, judge, real_images, samples_per_class=100, seed=0):
+    """One row of chapter 4's remedy table: the bound, the diagnosis and the judged samples.
+
+    ``real_images`` (float, [0, 1]) are the reference for the Fréchet distance. Returns
+    bits/dim (None for a density likelihood), active units, total KL, I(x; z | y), decoder
+    sensitivity, verdict, judged accuracy, Fréchet distance, the samples (10 * samples_per_class)
+    and the whole ``diagnose`` report.
+    """
+    d = diagnose(model, test_batches)
+    device = next(model.parameters()).device
+    nelbo = negative_elbo(model, test_batches)["nelbo"]
+    labels = torch.arange(model.num_classes).repeat_interleave(samples_per_class)
+    seed_everything(seed)
+    samples = model.sample(labels.to(device)).cpu()
+    return dict(bpd=bits_per_dim(nelbo, math.prod(model.image_shape)) if model.likelihood.discrete else None,
+                units=d["active_units"], kl=d["total_kl"], mi=d["mutual_information"],
+                sensitivity=d["decoder_sensitivity"], verdict=d["verdict"], diagnosis=d,
+                judged=judge_samples(judge, samples, labels)["accuracy"],
+                fd=frechet_distance(judge, real_images, samples), samples=samples)

@@ -138,3 +138,24 @@ class RemedyLoss:
             self.step += 1
         return {"loss": (recon + weight * penalty).mean(), "recon": recon.mean(), "kl": kl.mean(),
                 "nelbo": (recon + kl).mean(), "beta": torch.tensor(weight), "kl_per_dim": kl_per_dim.mean(0)}
+
+
+def chapter_settings(num_epochs, collapse_beta=300.0, free_bits=0.5, group_sizes=(16, 48)):
+    """Likelihood and ``RemedyLoss`` arguments of every model compared in chapter 4.
+
+    Warm-ups last the first third of ``num_epochs``; cyclical annealing runs its cycles over
+    all of them. ``collapse`` forces posterior collapse with a huge KL weight.
+    """
+    warmup = num_epochs / 3
+    return {
+        "constant":      dict(likelihood="logistic", loss=dict(beta=1.0)),
+        "collapse":      dict(likelihood="logistic", loss=dict(beta=collapse_beta)),
+        "linear":        dict(likelihood="logistic", loss=dict(schedule="linear", warmup=warmup)),
+        "cyclical":      dict(likelihood="logistic", loss=dict(schedule="cyclical", warmup=num_epochs)),
+        "free_bits":     dict(likelihood="logistic", loss=dict(free_bits=free_bits)),
+        "sigma_vae":     dict(likelihood="gaussian", loss=dict(sigma="optimal")),
+        "kl_balance":    dict(likelihood="logistic", loss=dict(kl_balance=0.8)),
+        "group_balance": dict(likelihood="logistic", loss=dict(group_sizes=tuple(group_sizes), group_balance=True,
+                                                               schedule="linear", warmup=warmup)),
+        "beta_1e-5":     dict(likelihood="logistic", loss=dict(beta=1e-5)),
+    }

@@ -12,9 +12,12 @@ steps, fed two ways:
   and applies ``ToTensor`` (what torchvision's MNIST and CIFAR10 classes do per sample),
   batched by ``torch.utils.data.DataLoader``.
 Both loops train with ``cvaelib.train.fit``; only the batches differ. It prints images per
-second for each, their ratio, and each run's peak memory. Each configuration runs in a
-fresh process so that peak memory is its own. ``--bf16``, ``--channels-last`` and
-``--compile`` switch on ``fit``'s speed options for both loops.
+second for each, the speed-up over the usual loop (DataLoader, no switches), and each
+run's peak memory (resident on a CPU, allocated on a GPU). ``--bf16``, ``--channels-last``
+and ``--compile`` switch on ``fit``'s speed options: both loops are then measured with and
+without them. Time to quality (MNIST default model, ``--quality NATS``): training seconds
+until the test negative ELBO is below NATS, checked after every epoch. Each configuration
+runs in a fresh process so that peak memory is its own.
 """
 import argparse
 import json
@@ -30,6 +33,7 @@ from torchvision.transforms import ToTensor
 
 from cvaelib import CVAE, data
 from cvaelib.cli import DEFAULTS
+from cvaelib.evaluate import negative_elbo
 from cvaelib.losses import elbo
 from cvaelib.train import fit
 
@@ -52,19 +56,28 @@ class PILDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def _batches(loop, images, labels, batch_size, device, workers):
+def _batches(loop, images, labels, batch_size, device, workers, seed=0):
     if loop == "cvaelib":
-        return data.Batches(images, labels, batch_size, device=device)
+        return data.Batches(images, labels, batch_size, device=device, seed=seed)
     return DataLoader(PILDataset(images, labels), batch_size=batch_size, shuffle=True, num_workers=workers)
+
+
+def _default_model(dataset):
+    torch.manual_seed(0)
+    d = DEFAULTS[dataset]
+    return CVAE(data.image_shape(dataset), 10, d["latent_dim"], d["arch"], d["likelihood"], prior=d["prior"])
+
+
+def _peak_mb(device):
+    return (torch.cuda.max_memory_allocated() if device != "cpu"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
 
 def measure(dataset, loop, steps, batch_size=128, device="cpu", workers=0, **switches):
     """Images per second of one epoch of ``fit`` over ``steps`` batches, after a warm-up epoch."""
-    torch.manual_seed(0)
-    d = DEFAULTS[dataset]
     images, labels = data.load(dataset, "train")
     images, labels = images[:steps * batch_size], labels[:steps * batch_size]
-    model = CVAE(data.image_shape(dataset), 10, d["latent_dim"], d["arch"], d["likelihood"], prior=d["prior"])
+    model = _default_model(dataset)
     warmup = _batches(loop, images[:3 * batch_size], labels[:3 * batch_size], batch_size, device, workers)
     fit(model, elbo, warmup, 1, device=device, progress=False, **switches)  # compiles, allocates, warms caches
     batches = _batches(loop, images, labels, batch_size, device, workers)
@@ -76,9 +89,37 @@ def measure(dataset, loop, steps, batch_size=128, device="cpu", workers=0, **swi
     if device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak_mb = (torch.cuda.max_memory_allocated() if device != "cpu"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    return {"dataset": dataset, "loop": loop, "images_per_s": len(images) / seconds, "peak_mb": peak_mb}
+    return {"dataset": dataset, "loop": loop, "images_per_s": len(images) / seconds, "peak_mb": _peak_mb(device)}
+
+
+def time_to_quality(loop, threshold, max_epochs=20, batch_size=128, device="cpu", workers=0, train_size=None,
+                    **switches):
+    """Training seconds of the MNIST default model until its test negative ELBO < ``threshold``."""
+    images, labels = data.load("mnist", "train")
+    images, labels = images[:train_size], labels[:train_size]
+    test = data.Batches(*data.load("mnist", "test"), 1000, shuffle=False, device=device)
+    model = _default_model("mnist")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seconds, nelbo = 0.0, float("inf")
+    for epoch in range(1, max_epochs + 1):
+        # A new shuffle each epoch: Batches from its seed, the DataLoader from fit's seeding of torch.
+        batches = _batches(loop, images, labels, batch_size, device, workers, seed=epoch)
+        start = time.perf_counter()  # only training is timed; the test pass is the same for both loops
+        fit(model, elbo, batches, 1, optimizer=optimizer, device=device, seed=epoch, progress=False, **switches)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        nelbo = negative_elbo(model, test)["nelbo"]
+        if nelbo < threshold:
+            break
+    return {"dataset": "mnist", "loop": loop, "seconds": seconds, "epochs": epoch, "test_nelbo": nelbo,
+            "reached": nelbo < threshold, "peak_mb": _peak_mb(device)}
+
+
+def _child(args):
+    """Run one configuration in a fresh process (its own peak memory); returns its JSON result."""
+    cmd = [sys.executable, __file__, *args]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
 def main(argv=None):
@@ -91,26 +132,53 @@ def main(argv=None):
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--quality", type=float, help="also time MNIST training until the test negative ELBO < this")
+    p.add_argument("--max-epochs", type=int, default=20, help="give up the time to quality after this many epochs")
+    p.add_argument("--train-size", type=int, help="time to quality on the first N training images (default all)")
     p.add_argument("--one", nargs=2, metavar=("DATASET", "LOOP"), help=argparse.SUPPRESS)  # a child run
+    p.add_argument("--one-quality", metavar="LOOP", help=argparse.SUPPRESS)  # a child run
     a = p.parse_args(argv)
     switches = dict(bf16=a.bf16, channels_last=a.channels_last, compile=a.compile)
     if a.one:
         print(json.dumps(measure(*a.one, a.steps, a.batch_size, a.device, a.workers, **switches)))
         return None
+    if a.one_quality:
+        print(json.dumps(time_to_quality(a.one_quality, a.quality, a.max_epochs, a.batch_size, a.device, a.workers,
+                                         a.train_size, **switches)))
+        return None
     flags = [f"--{k.replace('_', '-')}" for k, on in switches.items() if on]
+    # The usual loop (DataLoader, no switches) first; then cvaelib; then both with the switches, if any.
+    configs = [("DataLoader", []), ("cvaelib", [])] + ([("DataLoader", flags), ("cvaelib", flags)] if flags else [])
+    common = ["--batch-size", str(a.batch_size), "--device", a.device, "--workers", str(a.workers)]
+    print(f"device {a.device}, batch {a.batch_size}, DataLoader workers {a.workers}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"\nthroughput, {a.steps} timed steps; x usual = images/s over the DataLoader loop's without switches")
+    print(f"{'dataset':<14} {'loop':<11} {'switches':<30} {'img/s':>8} {'x usual':>8} {'peak MB':>8}")
     rows = []
     for dataset in a.datasets:
-        for loop in ("cvaelib", "DataLoader"):
-            cmd = [sys.executable, __file__, "--one", dataset, loop, "--steps", str(a.steps),
-                   "--batch-size", str(a.batch_size), "--device", a.device, "--workers", str(a.workers), *flags]
-            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-    print(f"device {a.device}, batch {a.batch_size}, {a.steps} timed steps, DataLoader workers {a.workers}, "
-          f"switches {' '.join(flags) or 'none'}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'dataset':<14} {'cvaelib img/s':>14} {'DataLoader img/s':>17} {'ratio':>6} {'peak MB (c / D)':>16}")
-    for fast, slow in zip(rows[::2], rows[1::2]):
-        print(f"{fast['dataset']:<14} {fast['images_per_s']:>14.0f} {slow['images_per_s']:>17.0f} "
-              f"{fast['images_per_s'] / slow['images_per_s']:>6.2f} {fast['peak_mb']:>7.0f} / {slow['peak_mb']:<7.0f}")
+        usual = None
+        for loop, extra in configs:
+            r = _child(["--one", dataset, loop, "--steps", str(a.steps), *common, *extra])
+            r["switches"] = " ".join(extra) or "none"
+            usual = usual or r["images_per_s"]
+            r["speedup"] = r["images_per_s"] / usual
+            rows.append(r)
+            print(f"{dataset:<14} {loop:<11} {r['switches']:<30} {r['images_per_s']:>8.0f} {r['speedup']:>8.2f} "
+                  f"{r['peak_mb']:>8.0f}", flush=True)
+    if a.quality is not None:
+        print(f"\ntime to quality: MNIST default model, training seconds until test negative ELBO < {a.quality:g} nats")
+        print(f"{'loop':<11} {'switches':<30} {'seconds':>8} {'epochs':>7} {'test nELBO':>11} {'x usual':>8}")
+        usual = None
+        for loop, extra in configs:
+            r = _child(["--one-quality", loop, "--quality", str(a.quality), "--max-epochs", str(a.max_epochs),
+                        *(["--train-size", str(a.train_size)] if a.train_size else []), *common, *extra])
+            r["switches"] = " ".join(extra) or "none"
+            usual = usual or r["seconds"]
+            r["speedup"] = usual / r["seconds"]
+            rows.append(r)
+            reached = "" if r["reached"] else " (not reached)"
+            print(f"{loop:<11} {r['switches']:<30} {r['seconds']:>8.1f} {r['epochs']:>7} {r['test_nelbo']:>11.1f} "
+                  f"{r['speedup']:>8.2f}{reached}", flush=True)
     return rows
 
 

@@ -113,8 +113,8 @@ def mutual_information(mu, logvar, labels=None, chunk=256):
     frequencies, so a z that only encodes the label (which the decoder is given anyway) scores 0.
     """
     if labels is not None:
-        return sum(mutual_information(mu[labels == c], logvar[labels == c], chunk=chunk) * float((labels == c).float().mean())
-                   for c in labels.unique())
+        share = {c: float((labels == c).float().mean()) for c in labels.unique()}  # p(y)
+        return sum(p * mutual_information(mu[labels == c], logvar[labels == c], chunk=chunk) for c, p in share.items())
     n, d = mu.shape
     # E_q(z|x) log q(z|x) = -0.5 * D * log(2 pi) - 0.5 * sum(1 + logvar): the negative entropy
     neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .losses import LOG_2PI, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob
+from .losses import LOG_2PI, MIN_LOGVAR, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob
 
 def _labels(model, y):
     return y if model.num_classes else None
@@ -116,6 +116,9 @@ def mutual_information(mu, logvar, labels=None, chunk=256):
         share = {c: float((labels == c).float().mean()) for c in labels.unique()}  # p(y)
         return sum(p * mutual_information(mu[labels == c], logvar[labels == c], chunk=chunk) for c, p in share.items())
     n, d = mu.shape
+    # float64, so that z - mu keeps its digits when the posterior is narrow (an autoencoder's std can be < 1e-6),
+    # and the same variance floor as gaussian_log_prob below, or a tiny variance would count in one term only.
+    mu, logvar = mu.double(), logvar.double().clamp(min=MIN_LOGVAR)
     # E_q(z|x) log q(z|x) = -0.5 * D * log(2 pi) - 0.5 * sum(1 + logvar): the negative entropy
     neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
     z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # one z per x, (N, D)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Bernoulli, Independent, Normal
 
 LOG_2PI = math.log(2 * math.pi)
+MIN_LOGVAR = -30.0  # below it exp(logvar) underflows and (z - mu)^2 / var becomes 0/0
 
 
 class Likelihood(nn.Module):
@@ -130,7 +131,7 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None):
 
 def gaussian_log_prob(z, mu, logvar):
     """log N(z; mu, exp(logvar)) summed over the last dimension (IWAE, MI, chapter 5)."""
-    logvar = logvar.clamp(min=-30.0)  # an underflowing variance would make (z - mu)^2 / var a 0/0
+    logvar = logvar.clamp(min=MIN_LOGVAR)
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 

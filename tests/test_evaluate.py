@@ -73,6 +73,10 @@ def test_mutual_information_bounds():
     # far-apart, narrow posteriors: z identifies x, I(x; z) reaches log N
     mu = torch.arange(n, dtype=torch.float32)[:, None] * 10
     assert mutual_information(mu, torch.full((n, 1), -4.0)) == pytest.approx(math.log(n), abs=0.01)
+    # an autoencoder's posteriors (std 1e-6 and below) reach log N and no more (noise ~ sqrt(D/2/N) = 0.045)
+    mu = torch.randn(n, 8)
+    for logvar in (-28.0, -40.0):
+        assert mutual_information(mu, torch.full_like(mu, logvar)) == pytest.approx(math.log(n), abs=0.2)
 
 
 def test_report_has_every_figure(trained):

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .losses import LOG_2PI, MIN_LOGVAR, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob
+from .losses import LOG_2PI, MIN_LOGVAR, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob, sample_with_log_prob
 
 def _labels(model, y):
     return y if model.num_classes else None
@@ -47,11 +47,11 @@ def iwae_bound(model, batches, k=100):
         prior_mu, prior_logvar = model.prior(y)
         log_w = []
         for _ in range(k):  # one importance sample at a time keeps memory at one batch
-            z = model.reparameterize(mu, logvar)
+            z, log_qz = sample_with_log_prob(mu, logvar)  # (B, D), (B,)
             log_px = model.likelihood.log_prob(model.decode_params(z, y), x)  # (B,)
             log_pz = gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
                                         torch.zeros_like(z) if prior_logvar is None else prior_logvar)
-            log_w.append(log_px + log_pz - gaussian_log_prob(z, mu, logvar))
+            log_w.append(log_px + log_pz - log_qz)
         log_w = torch.stack(log_w)  # (K, B)
         total += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
         n += len(x)

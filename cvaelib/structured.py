@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import gaussian_kl, gaussian_log_prob
+from .losses import gaussian_kl, gaussian_log_prob, sample_with_log_prob
 
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
 NUM_PIXELS = 28 * 28
@@ -157,10 +157,10 @@ def importance_nll(model, x, y, mask, k=100, chunk=100):
     log_w = []
     for start in range(0, k, chunk):
         s = min(chunk, k - start)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(s, *mu.shape, device=mu.device)  # (s, B, D)
+        z, log_qz = sample_with_log_prob(mu, logvar, s)  # (s, B, D), (s, B)
         expand = lambda t: t.expand(s, *t.shape).flatten(0, 1)  # (B, ...) -> (s*B, ...)
         log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), expand(x)), expand(y), expand(mask))
-        log_w.append(log_p.view(s, -1) + gaussian_log_prob(z, prior_mu, prior_logvar) - gaussian_log_prob(z, mu, logvar))
+        log_w.append(log_p.view(s, -1) + gaussian_log_prob(z, prior_mu, prior_logvar) - log_qz)
     log_w = torch.cat(log_w)  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 

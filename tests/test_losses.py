@@ -6,7 +6,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from cvaelib import CVAE, VAE
 from cvaelib.losses import (DiscretizedLogistic, GaussianLikelihood, bits_per_dim, elbo, gaussian_kl,
-                            make_likelihood)
+                            make_likelihood, sample_with_log_prob)
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
@@ -117,3 +117,17 @@ def test_latent_gaussian_log_prob_matches_torch_distributions():
     z, mu, logvar = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
     expected = Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
     torch.testing.assert_close(gaussian_log_prob(z, mu, logvar), expected)
+
+
+def test_sample_with_log_prob_matches_torch_distributions_at_any_variance():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    z, log_q = sample_with_log_prob(mu, logvar, 5)
+    assert z.shape == (5, 4, 3) and log_q.shape == (5, 4)
+    expected = Normal(mu.double(), (0.5 * logvar.double()).exp()).log_prob(z.double()).sum(-1)
+    assert torch.allclose(log_q.double(), expected, atol=1e-4)
+    # an autoencoder's posterior (sigma ~ 1e-9, below float32's rounding of mu): the mean of log q
+    # is still the negative entropy -0.5 * D * (log 2 pi + 1 + logvar), not a floored or garbled value
+    mu, logvar = torch.randn(20_000, 8), torch.full((20_000, 8), -40.0)
+    _, log_q = sample_with_log_prob(mu, logvar)
+    assert float(log_q.mean()) == pytest.approx(-0.5 * 8 * (math.log(2 * math.pi) + 1 - 40.0), abs=0.1)

@@ -19,7 +19,7 @@ from torchvision.utils import save_image
 from cvaelib import CVAE, data
 from cvaelib.diagnostics import compare
 from cvaelib.judge import classifier_accuracy, frechet_distance, train_classifier
-from cvaelib.remedies import RemedyLoss, chapter_settings
+from cvaelib.remedies import RemedyConfig, RemedyLoss, chapter_settings
 from cvaelib.train import fit, seed_everything
 
 
@@ -57,8 +57,8 @@ def run(per_class=None, epochs=30, latent_dim=64, batch_size=128, test_per_class
                      likelihood=s["likelihood"], prior="learned")
         start = time.time()
         meta = {"remedy": name, "settings": repr(s), "per_class": per_class, "latent_dim": latent_dim}
-        fit(model, RemedyLoss(**s["loss"], steps_per_epoch=len(train_batches)), train_batches, epochs, device=device,
-            seed=0, checkpoint=runs / f"{name}.pt", meta=meta, progress=False)
+        fit(model, RemedyLoss(RemedyConfig(**s["loss"]), steps_per_epoch=len(train_batches)), train_batches, epochs,
+            device=device, checkpoint=runs / f"{name}.pt", meta=meta, progress=False)
         rows[name] = compare(model.eval(), test_batches, judge, real_ref, samples_per_class)
         rows[name]["seconds"] = time.time() - start
         grids.append(rows[name]["samples"].view(10, samples_per_class, 3, 32, 32)[:, :8].reshape(-1, 3, 32, 32))

@@ -35,7 +35,7 @@ from cvaelib import CVAE, data
 from cvaelib.cli import DEFAULTS
 from cvaelib.evaluate import negative_elbo
 from cvaelib.losses import elbo
-from cvaelib.train import fit
+from cvaelib.train import SpeedConfig, TrainConfig, fit
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
@@ -79,13 +79,13 @@ def measure(dataset, loop, steps, batch_size=128, device="cpu", workers=0, **swi
     images, labels = images[:steps * batch_size], labels[:steps * batch_size]
     model = _default_model(dataset)
     warmup = _batches(loop, images[:3 * batch_size], labels[:3 * batch_size], batch_size, device, workers)
-    fit(model, elbo, warmup, 1, device=device, progress=False, **switches)  # compiles, allocates, warms caches
+    fit(model, elbo, warmup, 1, device=device, progress=False, speed=SpeedConfig(**switches))  # compiles, allocates, warms caches
     batches = _batches(loop, images, labels, batch_size, device, workers)
     if device != "cpu":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    fit(model, elbo, batches, 1, device=device, progress=False, **switches)
+    fit(model, elbo, batches, 1, device=device, progress=False, speed=SpeedConfig(**switches))
     if device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -105,7 +105,8 @@ def time_to_quality(loop, threshold, max_epochs=20, batch_size=128, device="cpu"
         # A new shuffle each epoch: Batches from its seed, the DataLoader from fit's seeding of torch.
         batches = _batches(loop, images, labels, batch_size, device, workers, seed=epoch)
         start = time.perf_counter()  # only training is timed; the test pass is the same for both loops
-        fit(model, elbo, batches, 1, optimizer=optimizer, device=device, seed=epoch, progress=False, **switches)
+        fit(model, elbo, batches, 1, optimizer=optimizer, device=device, config=TrainConfig(seed=epoch), progress=False,
+            speed=SpeedConfig(**switches))
         if device != "cpu":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start

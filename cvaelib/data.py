@@ -5,6 +5,8 @@ N x C x H x W) and ``labels`` (int64, N). The root is the ``root`` argument, els
 environment variable ``CVAELIB_DATA``, else ``./data``.
 """
 import os
+import shutil
+import socket
 import zipfile
 from pathlib import Path
 
@@ -12,6 +14,12 @@ import numpy as np
 import torch
 
 ENV_VAR = "CVAELIB_DATA"
+DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download gives up
+# A relative data folder (from $CVAELIB_DATA or the default) is taken from the repository root, so a
+# notebook kernel started in chapters/ finds the same folder as a shell in the root. Installed outside
+# a checkout, it is taken from the working directory.
+_REPOSITORY = Path(__file__).resolve().parent.parent
+BASE = _REPOSITORY if (_REPOSITORY / "pyproject.toml").exists() else Path.cwd()
 
 DATASETS = {
     "mnist": {
@@ -52,9 +60,15 @@ def image_shape(name):
     return DATASETS[name]["shape"]
 
 
-def data_root(root=None):
-    """The data folder: the argument, else $CVAELIB_DATA, else ./data."""
-    return Path(root or os.environ.get(ENV_VAR) or "data")
+def data_root(root: str | Path | None = None) -> Path:
+    """The data folder: the argument, else $CVAELIB_DATA, else ``data`` in the repository root.
+
+    A relative argument is taken from the working directory, like any path given to a program;
+    a relative $CVAELIB_DATA (or the default) from the repository root (``BASE``).
+    """
+    if root:
+        return Path(root)
+    return BASE / Path(os.environ.get(ENV_VAR) or "data")
 
 
 def _read_npz(path, name):
@@ -72,29 +86,52 @@ def _read_npz(path, name):
                          f"got {images.dtype} {images.shape}")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{path}: 'labels' must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
-    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+    labels = labels.astype(np.int64)  # before any comparison: uint8 labels would wrap around
+    num_classes = len(DATASETS[name]["classes"])
+    if len(labels) == 0:
+        raise ValueError(f"{path} holds no images; replace it with a good copy")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"{path}: labels must be in 0..{num_classes - 1}, got values from {labels.min()} to "
+                         f"{labels.max()}; replace it with a good copy")
+    missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
+    if missing:
+        raise ValueError(f"{path} has no image of class {', '.join(map(str, missing))}: every class must be present; "
+                         "replace it with a good copy")
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def _download(name, split, root, path):
-    """Fetch a split through torchvision into ``root`` and write its .npz."""
+    """Fetch a split through torchvision into ``root`` and write its .npz; a failure leaves nothing behind."""
     import torchvision
 
     cls = getattr(torchvision.datasets, DATASETS[name]["torchvision"])
+    raw = root / "raw"
+    made = [p for p in (root, raw) if not p.exists()]  # the folders this download creates, removed if it fails
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's urllib calls wait forever otherwise
     try:
-        ds = cls(root=str(root / "raw"), train=(split == "train"), download=True)
+        ds = cls(root=str(raw), train=(split == "train"), download=True)
     except Exception as e:  # no network, a blocked host, a broken archive ...
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(
-            f"No copy of {name}/{split} at {path}, and downloading it failed ({type(e).__name__}: {e}).\n"
+            f"No copy of {name}/{split} at {path}, and downloading it failed ({type(e).__name__}: {reason}).\n"
             f"Offline? Point the course at a folder holding <name>/<split>.npz files: "
             f"set {ENV_VAR}=/path/to/data (or pass root=...), or put the file at {path}."
-        ) from e
+        ) from None  # one message, not the chain of download tracebacks
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     images = np.asarray(ds.data)
     images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # to (N, C, H, W)
     labels = np.asarray(ds.targets, dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=np.ascontiguousarray(images, dtype=np.uint8), labels=labels)
-    os.replace(tmp, path)  # atomic: an interrupted download never leaves half a file
+    try:
+        np.savez(tmp, images=np.ascontiguousarray(images, dtype=np.uint8), labels=labels)
+        os.replace(tmp, path)  # atomic: an interrupted download never leaves half a file
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load(name, split="train", root=None, download=True):
@@ -142,6 +179,10 @@ class Batches:
             raise TypeError(f"Batches expects uint8 images as returned by load(), got {images.dtype}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if len(images) == 0:
+            raise ValueError("Batches got no images: the dataset (or the subset taken from it) is empty")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.epoch = 0

@@ -6,6 +6,7 @@ and return plain numbers in nats per image unless said otherwise.
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from .losses import LOG_2PI, MIN_LOGVAR, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob, sample_with_log_prob
 
@@ -18,7 +19,7 @@ def _model_device(model):
 
 
 @torch.no_grad()
-def negative_elbo(model, batches):
+def negative_elbo(model, batches) -> dict:
     """Mean negative ELBO, reconstruction and KL on a dataset, nats/image (chapter 1)."""
     model.eval()
     device, totals, n = _model_device(model), {"nelbo": 0.0, "recon": 0.0, "kl": 0.0}, 0
@@ -31,28 +32,42 @@ def negative_elbo(model, batches):
     return {k: v / n for k, v in totals.items()}
 
 
+def _log_weights(model, x, y, mu, logvar, k, max_images=4096):
+    """log p(x, z_k) - log q(z_k | x) for K importance samples: (K, B).
+
+    The K samples are decoded together, in chunks of at most ``max_images`` images, instead of
+    one at a time: the same random numbers in the same order, a fraction of the calls.
+    """
+    prior_mu, prior_logvar = model.prior(y)
+    z, log_qz = sample_with_log_prob(mu, logvar, num_samples=k)  # (K, B, D), (K, B)
+    log_pz = gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
+                               torch.zeros_like(z) if prior_logvar is None else prior_logvar)  # (K, B)
+    per_chunk = max(1, max_images // len(x))  # samples decoded per call
+    log_px = []
+    for zc in z.split(per_chunk):  # (k', B, D) -> (k' * B, D), decoded at once
+        yc = None if y is None else y.repeat(len(zc))
+        params = model.decode_params(zc.flatten(0, 1), yc)
+        log_px.append(model.likelihood.log_prob(params, x.repeat(len(zc), 1, 1, 1)).view(len(zc), len(x)))
+    return torch.cat(log_px) + log_pz - log_qz
+
+
+def _check_k(k):
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+
+
 @torch.no_grad()
-def iwae_bound(model, batches, k=100):
+def iwae_bound(model, batches, k: int = 100) -> float:
     """Negative IWAE bound -log (1/K) sum_k p(x,z_k)/q(z_k|x), nats/image (Burda et al. 2016).
 
     An upper bound on -log p(x) that tightens as K grows; K = 1 is the negative ELBO.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    _check_k(k)
     model.eval()
     device, total, n = _model_device(model), 0.0, 0
     for x, y in batches:
         x, y = x.to(device), _labels(model, y.to(device))
-        mu, logvar = model.encode(x, y)
-        prior_mu, prior_logvar = model.prior(y)
-        log_w = []
-        for _ in range(k):  # one importance sample at a time keeps memory at one batch
-            z, log_qz = sample_with_log_prob(mu, logvar)  # (B, D), (B,)
-            log_px = model.likelihood.log_prob(model.decode_params(z, y), x)  # (B,)
-            log_pz = gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
-                                        torch.zeros_like(z) if prior_logvar is None else prior_logvar)
-            log_w.append(log_px + log_pz - log_qz)
-        log_w = torch.stack(log_w)  # (K, B)
+        log_w = _log_weights(model, x, y, *model.encode(x, y), k)  # (K, B)
         total += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
         n += len(x)
     return total / n
@@ -61,24 +76,27 @@ def iwae_bound(model, batches, k=100):
 @torch.no_grad()
 def posterior_stats(model, batches):
     """mu and logvar of q(z|x,y) for every example: two (N, D) tensors."""
-    model.eval()
-    device, mus, logvars = _model_device(model), [], []
-    for x, y in batches:
-        mu, logvar = model.encode(x.to(device), _labels(model, y.to(device)))
-        mus.append(mu)
-        logvars.append(logvar)
-    return torch.cat(mus), torch.cat(logvars)
+    mu, logvar, *_ = posterior_and_prior(model, batches)
+    return mu, logvar
 
 
 @torch.no_grad()
 def posterior_and_prior(model, batches):
     """mu, logvar of q(z|x,y), the prior's (mu, logvar), (N, D) each, and the labels (N,).
 
-    The prior's are None for the standard normal N(0, I), the labels None for a VAE.
+    One pass over ``batches``, so that the labels belong to the same examples even when the
+    batches are shuffled. The prior's are None for the standard normal N(0, I), the labels None for a VAE.
     """
-    mu, logvar = posterior_stats(model, batches)
-    labels = _labels(model, torch.cat([y for _, y in batches]).to(mu.device))
-    return mu, logvar, *model.prior(labels), labels
+    model.eval()
+    device, mus, logvars, labels = _model_device(model), [], [], []
+    for x, y in batches:
+        y = _labels(model, y.to(device))
+        mu, logvar = model.encode(x.to(device), y)
+        mus.append(mu)
+        logvars.append(logvar)
+        labels.append(y)
+    labels = None if labels[0] is None else torch.cat(labels)
+    return torch.cat(mus), torch.cat(logvars), *model.prior(labels), labels
 
 
 def active_units(mu, threshold=0.01, labels=None):
@@ -130,19 +148,37 @@ def mutual_information(mu, logvar, labels=None, chunk=256):
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 
-def report(model, batches, k=100):
-    """All test figures of a model in one dict (the command line's ``evaluate``)."""
-    figures = negative_elbo(model, batches)
-    num_dims = math.prod(model.image_shape)
-    mu, logvar, prior_mu, prior_logvar, labels = posterior_and_prior(model, batches)
+@torch.no_grad()
+def report(model, batches, k: int = 100, progress: bool = True) -> dict:
+    """All test figures of a model in one dict, from one pass over the data (the command line's ``evaluate``)."""
+    _check_k(k)
+    model.eval()
+    device, totals, n, mus, logvars, labels = _model_device(model), {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0}, 0, [], [], []
+    for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+        x, y = x.to(device), y.to(device)
+        parts = elbo(model, x, y)
+        y = _labels(model, y)
+        mu, logvar = model.encode(x, y)
+        log_w = _log_weights(model, x, y, mu, logvar, k)  # (K, B)
+        totals["iwae"] -= float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
+        for key in ("nelbo", "recon", "kl"):
+            totals[key] += float(parts[key]) * len(x)
+        n += len(x)
+        mus.append(mu)
+        logvars.append(logvar)
+        labels.append(y)
+    figures = {key: value / n for key, value in totals.items()}
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    labels = None if labels[0] is None else torch.cat(labels)
+    prior_mu, prior_logvar = model.prior(labels)
     units, _ = active_units(mu, labels=labels)
     return {
         "negative_elbo_nats": figures["nelbo"],
         "reconstruction_nats": figures["recon"],
         "kl_nats": figures["kl"],
         # Only a likelihood of 8-bit pixel values gives a true bits/dim.
-        "bits_per_dim": bits_per_dim(figures["nelbo"], num_dims) if model.likelihood.discrete else None,
-        "iwae_nats": iwae_bound(model, batches, k),
+        "bits_per_dim": bits_per_dim(figures["nelbo"], math.prod(model.image_shape)) if model.likelihood.discrete else None,
+        "iwae_nats": figures["iwae"],
         "iwae_k": k,
         "active_units": units,
         "latent_dim": model.latent_dim,

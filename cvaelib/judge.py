@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from .data import Batches
-from .train import evaluate_loss, fit
+from .train import TrainConfig, evaluate_loss, fit
 
 
 class Classifier(nn.Module):
@@ -45,7 +45,7 @@ def train_classifier(images, labels, test_images=None, test_labels=None, num_epo
     train = Batches(images, labels, batch_size, device=device, seed=seed)
     test = None if test_images is None else Batches(test_images, test_labels, 1000, shuffle=False, device=device)
     history = fit(classifier, classification_loss, train, num_epochs, test_batches=test, device=device,
-                  seed=seed, progress=progress)
+                  config=TrainConfig(seed=seed), progress=progress)
     return classifier.eval(), history
 
 

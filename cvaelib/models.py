@@ -8,18 +8,20 @@ Conditioning on a label y (chapter 2) comes in two ways:
 A ``"learned"`` prior replaces N(0, I) by a label-dependent p(z|y) = N(mu_y, sigma_y^2).
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import make_likelihood
+from .losses import LIKELIHOODS, make_likelihood
 
 
 def _check_shape(image_shape):
-    if tuple(image_shape) not in {(1, 28, 28), (3, 32, 32)}:
-        raise ValueError(f"image_shape must be (1, 28, 28) or (3, 32, 32), got {tuple(image_shape)}")
-    return tuple(image_shape)
+    shape = tuple(image_shape)
+    if shape not in {(1, 28, 28), (3, 32, 32)}:
+        raise ValueError(f"image_shape must be (1, 28, 28) or (3, 32, 32), got {shape}")
+    return shape
 
 
 class MLPEncoder(nn.Module):
@@ -107,29 +109,65 @@ CONDITIONINGS = ("concat", "add")
 PRIORS = ("standard", "learned")
 
 
+def check_labels(y: torch.Tensor, num_classes: int) -> None:
+    """Labels must lie in [0, num_classes): a clear error instead of an embedding's index crash.
+
+    The values are checked where no accelerator waits for them: on the CPU, in ``sample`` and once
+    per dataset (``data.load``); a training step on a GPU checks only their dtype and shape.
+    """
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}), got values from {int(y.min())} to {int(y.max())}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a CVAE (chapters 1-4, ``python -m cvaelib train``); stored in checkpoints.
+
+    ``CVAE(**asdict(config))`` rebuilds the model; every value is checked here, before any work.
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W): MNIST's (1, 28, 28) or CIFAR-10's (3, 32, 32)
+    num_classes: int = 10  # 0: a plain VAE, no label
+    latent_dim: int = 16  # size of z
+    arch: str = "mlp"  # "mlp" or "conv"
+    likelihood: str = "bernoulli"  # p(x|z,y): bernoulli, gaussian, sigma or logistic
+    conditioning: str = "concat"  # how the decoder gets y: "concat" or "add"
+    prior: str = "standard"  # "standard" N(0, I) or "learned" p(z|y)
+    sigma: float | None = None  # the (initial) sigma of a Gaussian likelihood
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", _check_shape(self.image_shape))
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        for name, value, choices in [("arch", self.arch, sorted(ARCHITECTURES)), ("likelihood", self.likelihood,
+                                     sorted(LIKELIHOODS)), ("conditioning", self.conditioning, CONDITIONINGS),
+                                     ("prior", self.prior, PRIORS)]:
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+        if self.prior == "learned" and self.num_classes == 0:
+            raise ValueError("a learned prior p(z|y) needs labels: set num_classes > 0")
+        if self.sigma is not None:
+            if self.likelihood not in ("gaussian", "sigma"):
+                raise ValueError(f"sigma is a Gaussian likelihood's: it needs likelihood 'gaussian' or 'sigma', "
+                                 f"not {self.likelihood!r}")
+            if not (math.isfinite(self.sigma) and self.sigma > 0):
+                raise ValueError(f"sigma must be positive, got {self.sigma!r}")
+
+
 class CVAE(nn.Module):
     """Conditional VAE q(z|x,y), p(x|z,y); with ``num_classes=0`` a plain VAE (chapters 1-4).
 
-    All arguments are plain values, stored in ``self.config`` so that a checkpoint can
-    rebuild the model (``build_model(**model.config)``).
+    All arguments are plain values, checked and kept in ``self.config`` (a ``ModelConfig``) so that
+    a checkpoint can rebuild the model (``build_model(**asdict(model.config))``).
     """
 
     def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=16, arch="mlp",
                  likelihood="bernoulli", conditioning="concat", prior="standard", sigma=None):
         super().__init__()
-        image_shape = _check_shape(image_shape)
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-        if conditioning not in CONDITIONINGS:
-            raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONINGS}")
-        if prior not in PRIORS:
-            raise ValueError(f"unknown prior {prior!r}; choose one of {PRIORS}")
-        if prior == "learned" and num_classes == 0:
-            raise ValueError("a learned prior p(z|y) needs labels: set num_classes > 0")
-        if latent_dim < 1:
-            raise ValueError(f"latent_dim must be at least 1, got {latent_dim}")
-        self.config = dict(image_shape=image_shape, num_classes=num_classes, latent_dim=latent_dim, arch=arch,
-                           likelihood=likelihood, conditioning=conditioning, prior=prior, sigma=sigma)
+        self.config = ModelConfig(image_shape, num_classes, latent_dim, arch, likelihood, conditioning, prior, sigma)
+        image_shape = self.config.image_shape
         self.image_shape, self.num_classes, self.latent_dim = image_shape, num_classes, latent_dim
         self.likelihood = make_likelihood(likelihood, **({} if sigma is None else {"sigma": sigma}))
         encoder, decoder = ARCHITECTURES[arch]
@@ -153,8 +191,8 @@ class CVAE(nn.Module):
             raise ValueError(f"this CVAE needs labels: pass y, a (B,) tensor of ints in [0, {self.num_classes})")
         if y.dtype not in (torch.int64, torch.int32, torch.uint8):
             raise TypeError(f"labels must be integers (torch.int64), got {y.dtype}")
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}), got values from {int(y.min())} to {int(y.max())}")
+        if y.device.type == "cpu":  # elsewhere: checked once per dataset, see check_labels
+            check_labels(y, self.num_classes)
         return F.one_hot(y.long(), self.num_classes).float()
 
     def check_images(self, x):
@@ -163,7 +201,7 @@ class CVAE(nn.Module):
             raise TypeError(f"images must be float in [0, 1], got {x.dtype}; divide uint8 images by 255")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"images must have shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() > 1):
+        if x.device.type == "cpu" and x.numel() and (x.min() < 0 or x.max() > 1):  # elsewhere: uint8 data, in [0, 1] by construction
             raise ValueError(f"image values must be in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
 
     def _empty(self, batch_size, device):
@@ -217,10 +255,17 @@ class CVAE(nn.Module):
         if self.num_classes:
             if labels is None:
                 raise ValueError("a CVAE samples per label: pass labels, e.g. torch.arange(10)")
-            labels = torch.as_tensor(labels, device=device)
+            labels = torch.as_tensor(labels)
+            if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
+                raise TypeError(f"labels must be a 1-d tensor of ints in [0, {self.num_classes}), got {labels.dtype} "
+                                f"of shape {tuple(labels.shape)}")
+            check_labels(labels, self.num_classes)
+            labels = labels.to(device)
             num_samples = len(labels)
         elif num_samples is None:
             raise ValueError("a VAE has no labels: pass num_samples")
+        elif not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         z = torch.randn(num_samples, self.latent_dim, device=device)
         prior_mu, prior_logvar = self.prior(labels)
         if prior_mu is not None:
@@ -233,6 +278,6 @@ def VAE(**kwargs):
     return CVAE(num_classes=0, **kwargs)
 
 
-def build_model(**config):
-    """Rebuild a model from its ``config`` dict (used by checkpoints)."""
+def build_model(**config) -> nn.Module:
+    """Rebuild a model from its config as a dict, ``asdict(model.config)`` (used by checkpoints)."""
     return CVAE(**config)

@@ -4,6 +4,7 @@
 a plain function so that the chapter can show and test it alone.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -79,65 +80,117 @@ def balanced_kl(mu, logvar, prior_mu, prior_logvar, alpha=0.8):
     return alpha * towards_posterior + (1 - alpha) * towards_prior
 
 
-class RemedyLoss:
-    """A ``loss_fn`` for ``fit``: the negative ELBO with any of the remedies switched on (chapter 4).
+@dataclass(frozen=True)
+class RemedyConfig:
+    """The remedies ``RemedyLoss`` switches on (chapter 4, ``python -m cvaelib train``); stored in checkpoints.
 
-    Arguments: ``beta`` (the KL weight at full strength), ``schedule`` (constant, linear,
-    cyclical) over ``warmup`` epochs, ``free_bits`` (nats per dimension, or per group when
-    ``group_sizes`` is given), ``group_balance`` (NVAE balancing of ``group_sizes`` during the
-    warm-up), ``sigma`` (``"optimal"`` for the sigma-VAE's analytic sigma with a Gaussian
-    decoder mean), ``kl_balance`` (alpha of DreamerV2 balancing; needs a learned prior).
-    ``fit`` calls ``set_epoch`` each epoch; the schedule then advances with every training step.
+    Without any, the loss is the plain negative ELBO.
     """
 
-    def __init__(self, beta=1.0, schedule="constant", warmup=1.0, cycles=4, free_bits=None, group_sizes=None,
-                 group_balance=False, sigma=None, kl_balance=None, steps_per_epoch=None):
-        beta_schedule(schedule, 0.0, warmup, cycles)  # rejects an unknown schedule now, not mid-training
-        if group_balance and group_sizes is None:
+    beta: float = 1.0  # the KL weight at full strength
+    schedule: str = "constant"  # constant, linear or cyclical, over ``warmup`` epochs
+    warmup: float = 1.0  # epochs of the warm-up (or of all cycles)
+    cycles: int = 4  # cycles of the cyclical schedule
+    free_bits: float | None = None  # nats each dimension (or group, with group_sizes) may keep for free
+    group_sizes: tuple[int, ...] | None = None  # split the latent into groups of these sizes
+    group_balance: bool = False  # NVAE's balancing of the groups during the warm-up
+    sigma: str | None = None  # "optimal": the sigma-VAE's analytic shared sigma (Gaussian likelihood)
+    kl_balance: float | None = None  # alpha of DreamerV2's balancing (learned prior)
+
+    def __post_init__(self):
+        beta_schedule(self.schedule, 0.0, 1.0, 1)  # rejects an unknown schedule now, not mid-training
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a non-negative number, got {self.beta!r}")
+        if not (math.isfinite(self.warmup) and self.warmup > 0):
+            raise ValueError(f"warmup must be a positive number of epochs, got {self.warmup!r}")
+        if not isinstance(self.cycles, int) or self.cycles < 1:
+            raise ValueError(f"cycles must be a positive integer, got {self.cycles!r}")
+        if self.free_bits is not None and not (math.isfinite(self.free_bits) and self.free_bits >= 0):
+            raise ValueError(f"free_bits must be a non-negative number of nats, got {self.free_bits!r}")
+        if self.group_sizes is not None:
+            object.__setattr__(self, "group_sizes", tuple(self.group_sizes))  # a list from JSON or the CLI
+            if not self.group_sizes or any(not isinstance(g, int) or g < 1 for g in self.group_sizes):
+                raise ValueError(f"group_sizes must be positive integers, got {self.group_sizes!r}")
+        if self.group_balance and self.group_sizes is None:
             raise ValueError("group balancing needs group_sizes, e.g. (8, 56) for a 64-d latent in two groups")
-        if sigma not in (None, "optimal"):
-            raise ValueError(f"sigma must be None or 'optimal', got {sigma!r}")
-        self.beta, self.schedule, self.warmup, self.cycles = beta, schedule, warmup, cycles
-        self.free_bits, self.group_sizes, self.group_balance = free_bits, group_sizes, group_balance
-        self.sigma, self.kl_balance, self.steps_per_epoch = sigma, kl_balance, steps_per_epoch
+        if self.sigma not in (None, "optimal"):
+            raise ValueError(f"sigma must be None or 'optimal', got {self.sigma!r}")
+        if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
+            raise ValueError(f"kl_balance (alpha) must be in [0, 1], got {self.kl_balance!r}")
+
+    def check_model(self, latent_dim: int, likelihood: str, prior: str) -> None:
+        """Refuse, before any training, remedies the model cannot take."""
+        if self.group_sizes is not None and sum(self.group_sizes) != latent_dim:
+            raise ValueError(f"group sizes {self.group_sizes} do not add up to the latent size {latent_dim}")
+        if self.sigma == "optimal" and likelihood != "gaussian":
+            raise ValueError(f"the sigma-VAE's optimal sigma needs likelihood 'gaussian', not {likelihood!r}")
+        if self.kl_balance is not None and prior != "learned":
+            raise ValueError("KL balancing needs a learned prior: build the model with prior='learned'")
+
+
+class RemedyLoss:
+    """A ``loss_fn`` for ``fit``: the negative ELBO with the remedies of a ``RemedyConfig`` (chapter 4).
+
+    ``fit`` calls ``set_epoch`` each epoch; the schedule then advances with every training step.
+    With ``sigma="optimal"``, each training batch uses its own best sigma (Rybkin et al. 2021), and
+    the model's likelihood keeps the sigma fitted on the epoch's training batches so far: at test
+    time (and in a checkpoint, and in ``evaluate``) the model uses that stored sigma.
+    """
+
+    def __init__(self, config: RemedyConfig = RemedyConfig(), steps_per_epoch: int | None = None):
+        self.config, self.steps_per_epoch = config, steps_per_epoch
         self.epoch, self.step = 0, 0
+        self._squared_error, self._count = 0.0, 0  # the sigma-VAE's fit over the epoch
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch, self.step = epoch, 0
+        self._squared_error, self._count = 0.0, 0
 
-    def progress(self):
+    def progress(self) -> float:
         """Epochs done so far, as a float."""
         return self.epoch + (self.step / self.steps_per_epoch if self.steps_per_epoch else 0.0)
 
+    def _optimal_sigma_recon(self, model, x, mean):
+        """-log p(x|z) under the sigma-VAE's shared sigma: the batch's best while training, the stored one else."""
+        likelihood = model.likelihood
+        if not isinstance(likelihood, GaussianLikelihood) or isinstance(likelihood.log_sigma, torch.nn.Parameter):
+            raise ValueError("sigma='optimal' needs a fixed-sigma Gaussian decoder: build the model with likelihood='gaussian'")
+        if not model.training:
+            return -likelihood.log_prob(mean, x)
+        sigma = optimal_sigma(x, mean)
+        # Store the sigma fitted on every training pixel of the epoch so far (a buffer: saved, used at test time).
+        self._squared_error = self._squared_error + ((x - mean.detach()) ** 2).sum()
+        self._count += x.numel()
+        with torch.no_grad():
+            likelihood.log_sigma.copy_(torch.log((self._squared_error / self._count).sqrt().clamp(min=1e-3)))
+        return (((x - mean) ** 2) / (2 * sigma**2) + torch.log(sigma) + 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
+
     def __call__(self, model, x, y=None):
+        c = self.config
         y = y if model.num_classes else None
         out = model(x, y)
-        if self.sigma == "optimal":  # decoder mean with the batch's best shared sigma
-            if not isinstance(model.likelihood, GaussianLikelihood):
-                raise ValueError("sigma='optimal' needs a Gaussian decoder: build the model with likelihood='gaussian'")
-            mean = out["params"]
-            sigma = optimal_sigma(x, mean)
-            recon = (((x - mean) ** 2) / (2 * sigma**2) + torch.log(sigma) + 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
+        if c.sigma == "optimal":
+            recon = self._optimal_sigma_recon(model, x, out["params"])
         else:
             recon = -model.likelihood.log_prob(out["params"], x)  # (B,)
         prior_mu, prior_logvar = out["prior"]
-        if self.kl_balance is not None:
-            kl_per_dim = balanced_kl(out["mu"], out["logvar"], prior_mu, prior_logvar, self.kl_balance)
+        if c.kl_balance is not None:
+            kl_per_dim = balanced_kl(out["mu"], out["logvar"], prior_mu, prior_logvar, c.kl_balance)
         else:
             kl_per_dim = gaussian_kl(out["mu"], out["logvar"], prior_mu, prior_logvar)  # (B, D)
         kl = kl_per_dim.sum(1)  # (B,): the true KL, reported
-        weight = self.beta * beta_schedule(self.schedule, self.progress(), self.warmup, self.cycles)
-        if self.group_balance and weight < self.beta:  # NVAE balances only during the warm-up
-            kl_groups = group_kl(kl_per_dim, self.group_sizes)
-            penalty = (kl_groups * group_balance_weights(kl_groups, self.group_sizes)).sum(1)
-        elif self.free_bits is not None:
-            penalty = free_bits(kl_per_dim, self.free_bits, self.group_sizes)
+        weight = c.beta * beta_schedule(c.schedule, self.progress(), c.warmup, c.cycles)
+        if c.group_balance and weight < c.beta:  # NVAE balances only during the warm-up
+            kl_groups = group_kl(kl_per_dim, c.group_sizes)
+            penalty = (kl_groups * group_balance_weights(kl_groups, c.group_sizes)).sum(1)
+        elif c.free_bits is not None:
+            penalty = free_bits(kl_per_dim, c.free_bits, c.group_sizes)
         else:
             penalty = kl
         if model.training:
             self.step += 1
         return {"loss": (recon + weight * penalty).mean(), "recon": recon.mean(), "kl": kl.mean(),
-                "nelbo": (recon + kl).mean(), "beta": torch.tensor(weight), "kl_per_dim": kl_per_dim.mean(0)}
+                "nelbo": (recon + kl).mean(), "beta": recon.new_tensor(weight), "kl_per_dim": kl_per_dim.mean(0)}
 
 
 def chapter_settings(num_epochs, collapse_beta=300.0, free_bits=0.5, group_sizes=(16, 48)):

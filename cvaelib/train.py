@@ -1,19 +1,62 @@
 """A general training loop: progress bar, history, seeding, checkpoints and exact resume.
 
 ``fit`` knows nothing about VAEs: it calls ``loss_fn(model, x, y)``, which returns a
-dict with a scalar ``"loss"`` to minimise and any other parts to report.
+dict with a scalar ``"loss"`` to minimise and any other parts to report. How it optimises is
+a ``TrainConfig``, how fast it runs a ``SpeedConfig``: small frozen dataclasses that the
+command line, the chapters and the checkpoints share.
 """
+
 import math
-import os
 import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import check_writable, read_checkpoint, save_checkpoint
 
-def default_device():
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``fit`` optimises (chapters 1-5, ``python -m cvaelib train``); stored in checkpoints."""
+
+    lr: float = 1e-3  # Adam's learning rate
+    seed: int = 0  # seeds the weights' random draws (the batches have their own seed)
+    clip_grad: float | None = None  # clip the gradient norm to this value
+    skip_grad_norm: float | None = None  # skip an update whose gradient norm is larger (VDVAE); None: never
+
+    def __post_init__(self):
+        _check_positive("lr", self.lr)
+        _check_positive("clip_grad", self.clip_grad)
+        _check_positive("skip_grad_norm", self.skip_grad_norm)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Switches that change how fast ``fit`` runs, not what it computes (``benchmarks/throughput.py``)."""
+
+    bf16: bool = False  # autocast to bfloat16 (the likelihood and KL stay in float32)
+    channels_last: bool = False  # memory layout for convolutions
+    compile: bool = False  # torch.compile the model
+    sync_every: int = 10  # copy the loss parts to the host every this many steps (a GPU waits at each copy)
+
+    def __post_init__(self):
+        if not isinstance(self.sync_every, int) or self.sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, got {self.sync_every!r}")
+
+
+def _check_positive(name, value):
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def default_device() -> torch.device:
     """cuda if there is a GPU, then Apple's mps, then cpu."""
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -22,56 +65,63 @@ def default_device():
     return torch.device("cpu")
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) for a reproducible run."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def _rng_state() -> dict:
+    """Every random state as tensors, numbers and lists, so that a checkpoint loads with weights_only=True."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()  # ('MT19937', (624,) uint32, int, int, float)
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state_all()  # CPU byte tensors, one per GPU
     return state
 
 
-def _set_rng_state(state):
+def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path, **contents):
-    """Write a checkpoint atomically: an interruption never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(contents, tmp)
-    os.replace(tmp, path)
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _scalars(parts):
     return {k: v for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
 
 
-def _check_finite(rows, names, epoch, first_step):
-    """Raise on the first step whose loss parts are not all finite. ``rows``: (steps, parts)."""
-    bad_steps = (~torch.isfinite(rows)).any(dim=1).nonzero()
-    if len(bad_steps):
-        i = int(bad_steps[0])
+def _all_finite(model):
+    """One device flag: are all parameters finite? No host sync."""
+    return torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+
+
+def _check_finite(rows, names, epoch, first_step, checkpoint):
+    """Raise on the first step whose loss parts or parameters are not finite. ``rows``: (steps, parts + 1)."""
+    bad_steps = (~torch.isfinite(rows[:, :-1])).any(dim=1) | (rows[:, -1] == 0)
+    if bad_steps.any():
+        i = int(bad_steps.nonzero()[0])
         bad = {k: float(v) for k, v in zip(names, rows[i]) if not math.isfinite(v)}
+        what = ", ".join(f"{k}={v}" for k, v in bad.items()) or "the parameters are no longer finite"
+        kept = f" The last good checkpoint, {checkpoint}, is kept." if checkpoint and Path(checkpoint).exists() else ""
         raise FloatingPointError(
-            f"non-finite loss at epoch {epoch + 1}, step {first_step + i + 1}: "
-            + ", ".join(f"{k}={v}" for k, v in bad.items())
-            + ". Try a lower learning rate or gradient clipping (clip_grad=...)."
+            f"training diverged: non-finite loss at epoch {epoch + 1}, step {first_step + i + 1}: {what}.{kept}"
+            " Try a lower learning rate (lr) or gradient clipping (clip_grad)."
         )
 
 
 @torch.no_grad()
-def evaluate_loss(model, loss_fn, batches, device):
+def evaluate_loss(model: nn.Module, loss_fn, batches, device) -> dict:
     """Average every scalar part of ``loss_fn`` over ``batches``, weighted by batch size."""
     was_training = model.training
     model.eval()
@@ -85,61 +135,88 @@ def evaluate_loss(model, loss_fn, batches, device):
     return {k: v / n for k, v in totals.items()}
 
 
-def fit(model, loss_fn, train_batches, num_epochs, *, test_batches=None, optimizer=None, lr=1e-3,
-        device=None, seed=0, clip_grad=None, checkpoint=None, meta=None, progress=True,
-        bf16=False, channels_last=False, compile=False, sync_every=10):
-    """Train ``model`` for ``num_epochs`` and return the per-epoch history (chapters 1-4).
+def _resume(checkpoint, meta, model, optimizer):
+    """Load a saved run into ``model`` and ``optimizer``; its history and the epoch to start from."""
+    state = read_checkpoint(checkpoint)
+    if meta is not None and state.get("meta") != meta:  # never resume (and overwrite) another run
+        raise ValueError(f"{checkpoint} holds a checkpoint of another model or setting; "
+                         "choose another checkpoint path, or delete it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return state["history"], state["epoch"]
+
+
+def fit(model: nn.Module, loss_fn, train_batches, num_epochs: int, *, test_batches=None,
+        config: TrainConfig = TrainConfig(), speed: SpeedConfig = SpeedConfig(), optimizer=None, device=None,
+        checkpoint=None, meta: dict | None = None, progress: bool = True, max_minutes: float | None = None) -> list:
+    """Train ``model`` for ``num_epochs`` and return the per-epoch history (chapters 1-5).
 
     Each history entry holds the epoch and the mean of every scalar loss part on train
-    (``train_<part>``) and, with ``test_batches``, on test (``test_<part>``).
+    (``train_<part>``) and, with ``test_batches``, on test (``test_<part>``), and the number of
+    updates skipped for a huge gradient (``skipped_updates``, with ``config.skip_grad_norm``).
     With ``checkpoint`` (a path), the model, optimizer, history and random state are saved
     after every epoch, with ``meta`` (e.g. how to rebuild the model); if that file already
     exists, training resumes from it and ends exactly where an uninterrupted run would.
-    Speed switches: ``bf16`` (autocast to bfloat16), ``channels_last`` (memory layout for
-    convolutions), ``compile`` (``torch.compile``). Loss parts are copied to the host every
-    ``sync_every`` steps (a GPU waits at each copy); a non-finite part is still named with its step.
+    ``max_minutes`` stops cleanly at the end of the first epoch after that much training time;
+    a later call with the same checkpoint goes on from there.
+    A loss part or a parameter that is no longer finite stops training with an error before
+    anything is saved, so the last good checkpoint stays.
     """
+    if not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
+    _check_positive("max_minutes", max_minutes)
+    if len(train_batches) == 0:
+        raise ValueError("the training set gives no batches: it is empty, or smaller than one batch with drop_last")
+    if checkpoint is not None:
+        check_writable(checkpoint)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
-    if channels_last:
+    if speed.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
     history, start = [], 0
-    seed_everything(seed)
+    seed_everything(config.seed)
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if meta is not None and state.get("meta") != meta:  # never resume (and overwrite) another run
-            raise ValueError(f"{checkpoint} holds a checkpoint of another model or setting; "
-                             "choose another checkpoint path, or delete it to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["epoch"]
-        _set_rng_state(state["rng"])
+        history, start = _resume(checkpoint, meta, model, optimizer)
     # A compiled module shares its parameters with ``model`` and passes attributes through.
-    run = torch.compile(model) if compile else model
+    run = torch.compile(model) if speed.compile else model
+    started = time.monotonic()
 
     def to_device(x, y):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return (x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x), y
+        return (x.contiguous(memory_format=torch.channels_last) if speed.channels_last and x.dim() == 4 else x), y
 
     def losses(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
             return _scalars(loss_fn(run, x, y))
+
+    def step_update():
+        """Clip, and skip an update whose gradient norm is non-finite or above skip_grad_norm; 1 if skipped."""
+        if config.clip_grad is None and config.skip_grad_norm is None:
+            optimizer.step()
+            return 0
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad or math.inf)
+        if config.skip_grad_norm is not None:  # one host sync per step, as VDVAE pays for it
+            if not math.isfinite(float(norm)) or float(norm) > config.skip_grad_norm:
+                return 1
+        optimizer.step()
+        return 0
 
     for epoch in range(start, num_epochs):
         for thing in (train_batches, loss_fn):  # seeded shuffling; a loss with a KL schedule
             if hasattr(thing, "set_epoch"):
                 thing.set_epoch(epoch)
         model.train()
-        names, totals, pending, n = None, 0.0, [], 0
+        names, totals, pending, n, skipped = None, 0.0, [], 0, 0
 
         def flush(last_step):
             """Copy pending loss parts to the host, check them, add them to the totals."""
             nonlocal totals, pending
-            rows = torch.stack([parts for parts, _ in pending]).cpu()  # (steps, parts)
-            _check_finite(rows, names, epoch, last_step - len(pending) + 1)
+            rows = torch.stack([parts for parts, _ in pending]).cpu()  # (steps, parts + finite flag)
+            _check_finite(rows, names, epoch, last_step - len(pending) + 1, checkpoint)
             sizes = torch.tensor([size for _, size in pending], dtype=rows.dtype)
-            totals, pending = totals + (rows * sizes[:, None]).sum(0), []
+            totals, pending = totals + (rows[:, :-1] * sizes[:, None]).sum(0), []
             bar.set_postfix({k: f"{float(v) / n:.2f}" for k, v in zip(names, totals)})
 
         bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
@@ -148,19 +225,20 @@ def fit(model, loss_fn, train_batches, num_epochs, *, test_batches=None, optimiz
             parts = losses(x, y)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+            skipped += step_update()
             names = names or list(parts)
-            pending.append((torch.stack([parts[k].detach().float() for k in names]), len(x)))
+            flags = [parts[k].detach().float() for k in names] + [_all_finite(model).float()]
+            pending.append((torch.stack(flags), len(x)))
             n += len(x)
-            if len(pending) == sync_every:
+            if len(pending) == speed.sync_every:
                 flush(step)
         if pending:
             flush(step)
         record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / n for k, v in zip(names, totals)}}
+        if config.skip_grad_norm is not None:
+            record["skipped_updates"] = skipped
         if test_batches is not None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
                 record.update({f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()})
         history.append(record)
         if progress:
@@ -168,4 +246,9 @@ def fit(model, loss_fn, train_batches, num_epochs, *, test_batches=None, optimiz
         if checkpoint is not None:
             save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             history=history, epoch=epoch + 1, rng=_rng_state(), meta=meta or {})
+        if max_minutes is not None and time.monotonic() - started > 60 * max_minutes and epoch + 1 < num_epochs:
+            if progress:
+                tqdm.write(f"stopped after {max_minutes:g} minutes, at epoch {epoch + 1} of {num_epochs}"
+                           + (f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""))
+            break
     return history

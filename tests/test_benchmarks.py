@@ -12,14 +12,14 @@ def _load(name):
     return module
 
 
-def test_default_quality_runs(real_data_root, tmp_path, capsys):
+def test_default_quality_runs(data_root, tmp_path, capsys):
     result = _load("default_quality").main(["--epochs", "1", "--subset", "20", "--n-per-class", "5",
                                             "--classifier-epochs", "1", "--test-size", "500", "--out", str(tmp_path / "m.pt")])
     assert 0 <= result["judged_accuracy"] <= 1 and result["epochs"] == 1
     assert "judged_accuracy" in capsys.readouterr().out
 
 
-def test_throughput_runs(real_data_root, capsys):
+def test_throughput_runs(data_root, capsys):
     rows = _load("throughput").main(["--datasets", "mnist", "--steps", "2", "--bf16", "--quality", "1000",
                                      "--max-epochs", "1", "--train-size", "256"])
     assert [(r["loop"], r["switches"]) for r in rows] == [("DataLoader", "none"), ("cvaelib", "none"),
@@ -30,7 +30,7 @@ def test_throughput_runs(real_data_root, capsys):
     assert "x usual" in out and "time to quality" in out
 
 
-def test_remedy_table_runs(real_data_root, tmp_path, capsys):
+def test_remedy_table_runs(data_root, tmp_path, capsys):
     rows = _load("remedy_table").main(["--per-class", "4", "--epochs", "1", "--latent-dim", "8", "--batch-size", "20",
                                        "--test-per-class", "3", "--judge-per-class", "5", "--judge-epochs", "1",
                                        "--samples-per-class", "2", "--only", "constant", "collapse",

@@ -1,5 +1,6 @@
 import struct
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,10 +33,14 @@ def test_root_comes_from_the_environment_variable(tmp_path, monkeypatch):
     assert data.load("cifar10", "test")[0].shape == (30, 3, 32, 32)
 
 
-def test_root_defaults_to_data_folder(tmp_path, monkeypatch):
+def test_root_defaults_to_the_repository_data_folder_wherever_python_runs(tmp_path, monkeypatch):
     monkeypatch.delenv("CVAELIB_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert str(data.data_root()) == "data"
+    monkeypatch.chdir(tmp_path / "..")  # like a kernel started in chapters/
+    repository = Path(__file__).resolve().parent.parent
+    assert data.data_root() == repository / "data"
+    monkeypatch.setenv("CVAELIB_DATA", "some/where")  # a relative variable: from the repository root too
+    assert data.data_root() == repository / "some" / "where"
+    assert data.data_root("mine") == Path("mine")  # an argument is a path like any other
 
 
 def _write_idx(path, array):
@@ -159,8 +164,40 @@ def test_batches_reject_float_images():
         data.Batches(torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.int64))
 
 
-def test_real_data_shapes(real_data_root):
+def test_data_shapes(data_root):
+    real = "synthetic_data" not in str(data_root)  # conftest writes small stand-ins without the real files
     for name in data.DATASETS:
-        x, y = data.load(name, "test", real_data_root)
-        assert tuple(x.shape[1:]) == data.image_shape(name) and len(x) == len(y) == 10_000
+        x, y = data.load(name, "test", data_root)
+        assert tuple(x.shape[1:]) == data.image_shape(name) and len(x) == len(y)
         assert set(y.unique().tolist()) == set(range(10))
+        if real:
+            assert len(x) == 10_000
+
+
+def test_labels_out_of_range_or_a_missing_class_are_named(tmp_path):
+    images = np.zeros((30, 1, 28, 28), dtype=np.uint8)
+    (tmp_path / "mnist").mkdir()
+    for labels, message in [(np.full(30, 255, dtype=np.uint8), r"labels must be in 0..9, got values from 255 to 255"),
+                            (np.arange(30) % 10 - 1, "labels must be in 0..9, got values from -1"),
+                            (np.arange(30) % 9, "has no image of class 9: every class must be present")]:
+        np.savez(tmp_path / "mnist" / "train.npz", images=images, labels=labels)
+        with pytest.raises(ValueError, match=message):
+            data.load("mnist", "train", root=tmp_path)
+
+
+def test_a_failed_download_has_a_timeout_and_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import socket
+
+    seen = {}
+
+    def no_network(self, *args, **kwargs):
+        seen["timeout"] = socket.getdefaulttimeout()
+        (tmp_path / "data" / "raw" / "MNIST").mkdir(parents=True)  # torchvision made its folders, then failed
+        raise urllib.error.URLError("timed out")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    with pytest.raises(FileNotFoundError, match="CVAELIB_DATA") as err:
+        data.load("mnist", "train", root=tmp_path / "data")
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # one message, no chain of tracebacks
+    assert seen["timeout"] == data.DOWNLOAD_TIMEOUT and socket.getdefaulttimeout() is None
+    assert not (tmp_path / "data").exists()

@@ -91,8 +91,23 @@ def test_labels_required_exactly_when_conditional():
     (dict(conditioning="film"), "unknown conditioning 'film'"),
     (dict(prior="vamp"), "unknown prior 'vamp'"),
     (dict(num_classes=0, prior="learned"), "a learned prior p\\(z\\|y\\) needs labels"),
-    (dict(latent_dim=0), "latent_dim must be at least 1"),
+    (dict(latent_dim=0), "latent_dim must be a positive integer, got 0"),
+        (dict(sigma=0.5), "sigma is a Gaussian likelihood.s"),
+        (dict(likelihood="gaussian", sigma=-1.0), "sigma must be positive"),
+        (dict(likelihood="mixture"), "unknown likelihood"),
 ])
 def test_bad_model_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CVAE(**kwargs)
+
+
+def test_sample_refuses_labels_out_of_range_before_the_embedding():
+    model = CVAE(latent_dim=2, prior="learned")
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\), got values from 0 to 12"):
+        model.sample(torch.tensor([0, 12]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\), got values from -1"):
+        model.sample(torch.tensor([-1]))
+    with pytest.raises(TypeError, match="labels must be a 1-d tensor of ints"):
+        model.sample(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        CVAE(num_classes=0, latent_dim=2).sample(num_samples=-1)

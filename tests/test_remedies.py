@@ -5,8 +5,9 @@ import torch
 
 from cvaelib import CVAE, VAE, data
 from cvaelib.diagnostics import decoder_sensitivity, diagnose
+from cvaelib.evaluate import negative_elbo
 from cvaelib.losses import elbo, gaussian_kl
-from cvaelib.remedies import (RemedyLoss, balanced_kl, beta_schedule, free_bits, group_balance_weights, group_kl,
+from cvaelib.remedies import (RemedyConfig, RemedyLoss, balanced_kl, beta_schedule, free_bits, group_balance_weights, group_kl,
                               optimal_sigma)
 from cvaelib.train import fit
 
@@ -84,7 +85,7 @@ def test_remedy_loss_without_remedies_is_the_elbo():
 
 def test_remedy_loss_schedule_advances_with_training_steps_and_resets_each_epoch():
     model, x, y = CVAE(latent_dim=4), torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
-    loss = RemedyLoss(schedule="linear", warmup=2, steps_per_epoch=4)
+    loss = RemedyLoss(RemedyConfig(schedule="linear", warmup=2), steps_per_epoch=4)
     betas = [float(loss(model, x, y)["beta"]) for _ in range(3)]
     assert betas == [0.0, 0.125, 0.25]
     loss.set_epoch(1)
@@ -95,21 +96,34 @@ def test_remedy_loss_schedule_advances_with_training_steps_and_resets_each_epoch
 
 def test_remedy_loss_options_are_checked():
     with pytest.raises(ValueError, match="group balancing needs group_sizes"):
-        RemedyLoss(group_balance=True)
+        RemedyConfig(group_balance=True)
     with pytest.raises(ValueError, match="unknown beta schedule"):
-        RemedyLoss(schedule="step")
-    with pytest.raises(ValueError, match="needs a Gaussian decoder"):
-        RemedyLoss(sigma="optimal")(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+        RemedyConfig(schedule="step")
+    with pytest.raises(ValueError, match="needs a fixed-sigma Gaussian decoder"):
+        RemedyLoss(RemedyConfig(sigma="optimal"))(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+    for bad, message in [(dict(beta=-1.0), "beta must be a non-negative"), (dict(warmup=0.0), "warmup must be a positive"),
+                         (dict(free_bits=-0.5), "free_bits must be a non-negative"), (dict(kl_balance=1.5), r"in \[0, 1\]"),
+                         (dict(group_sizes=(4, 0)), "group_sizes must be positive"), (dict(cycles=0), "cycles must be")]:
+        with pytest.raises(ValueError, match=message):
+            RemedyConfig(**bad)
+    config = RemedyConfig(group_sizes=[2, 4], kl_balance=0.5, sigma="optimal")
+    assert config.group_sizes == (2, 4)  # a list (JSON, the command line) is kept as a tuple
+    with pytest.raises(ValueError, match="do not add up to the latent size 8"):
+        config.check_model(8, "gaussian", "learned")
+    with pytest.raises(ValueError, match="needs likelihood 'gaussian'"):
+        config.check_model(6, "logistic", "learned")
+    with pytest.raises(ValueError, match="needs a learned prior"):
+        config.check_model(6, "gaussian", "standard")
 
 
 def test_remedy_loss_with_every_remedy_trains(mnist_subset):
     x, y, _, _ = mnist_subset
     batches = data.Batches(x, y, 50)
     for model, loss in [
-        (CVAE(latent_dim=6, prior="learned"), RemedyLoss(kl_balance=0.8, free_bits=0.1)),
-        (CVAE(latent_dim=6), RemedyLoss(schedule="cyclical", group_sizes=(2, 4), group_balance=True,
-                                        steps_per_epoch=len(batches), warmup=2)),
-        (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(sigma="optimal")),
+        (CVAE(latent_dim=6, prior="learned"), RemedyLoss(RemedyConfig(kl_balance=0.8, free_bits=0.1))),
+        (CVAE(latent_dim=6), RemedyLoss(RemedyConfig(schedule="cyclical", group_sizes=(2, 4), group_balance=True,
+                                                     warmup=2), steps_per_epoch=len(batches))),
+        (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(RemedyConfig(sigma="optimal"))),
     ]:
         history = fit(model, loss, batches, 2, device="cpu", progress=False)
         assert all(math.isfinite(h["train_nelbo"]) for h in history)
@@ -138,3 +152,22 @@ def test_diagnose_calls_a_trained_model_healthy(mnist_subset):
     assert not report["collapsed"] and report["active_units"] >= 1
     assert report["decoder_sensitivity"] > 0.01 and report["mutual_information"] > 0.1
     assert decoder_sensitivity(model) == report["decoder_sensitivity"]
+
+
+def test_the_sigma_vae_stores_the_sigma_fitted_on_training_data_and_tests_with_it(mnist_subset):
+    x, y, xt, yt = mnist_subset
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=4, likelihood="gaussian")
+    loss = RemedyLoss(RemedyConfig(sigma="optimal"))
+    history = fit(model, loss, data.Batches(x, y, 50, shuffle=False), 1, device="cpu", progress=False,
+                  test_batches=data.Batches(xt, yt, 250, shuffle=False))
+    model.eval()
+    # The stored sigma is the root mean squared error over the epoch's training batches ...
+    assert 1e-3 < float(model.likelihood.log_sigma.exp()) < 1
+    # ... and test figures use it, whatever the test batch: training's test figure and evaluate agree.
+    torch.manual_seed(1)
+    ours = loss(model, xt[:250].float() / 255, yt[:250])["nelbo"]
+    torch.manual_seed(1)
+    theirs = elbo(model, xt[:250].float() / 255, yt[:250])["nelbo"]
+    torch.testing.assert_close(ours, theirs)
+    assert history[0]["test_nelbo"] == pytest.approx(negative_elbo(model, data.Batches(xt, yt, 250, shuffle=False))["nelbo"], rel=0.02)

@@ -6,7 +6,7 @@ import torch
 
 from cvaelib import CVAE, data, load_checkpoint
 from cvaelib.losses import elbo
-from cvaelib.train import fit
+from cvaelib.train import SpeedConfig, TrainConfig, fit
 
 META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
 
@@ -60,17 +60,17 @@ def test_interrupted_run_resumes_exactly(mnist_subset, tmp_path):
     batches = _batches(x, y)  # 200 images: 4 steps per epoch
     torch.manual_seed(0)
     straight = CVAE(**META["model"])
-    history = fit(straight, elbo, batches, 3, device="cpu", seed=5, progress=False)
+    history = fit(straight, elbo, batches, 3, device="cpu", config=TrainConfig(seed=5), progress=False)
 
     path = tmp_path / "run.pt"
     torch.manual_seed(0)
     interrupted = CVAE(**META["model"])
     with pytest.raises(Interrupt):  # dies in epoch 2, after epoch 1 was saved
-        fit(interrupted, _interrupting(elbo, 6), batches, 3, device="cpu", seed=5, checkpoint=path,
+        fit(interrupted, _interrupting(elbo, 6), batches, 3, device="cpu", config=TrainConfig(seed=5), checkpoint=path,
             meta=META, progress=False)
-    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert torch.load(path, weights_only=True)["epoch"] == 1
     resumed = CVAE(**META["model"])  # a fresh process would start from a fresh model
-    resumed_history = fit(resumed, elbo, batches, 3, device="cpu", seed=5, checkpoint=path, meta=META,
+    resumed_history = fit(resumed, elbo, batches, 3, device="cpu", config=TrainConfig(seed=5), checkpoint=path, meta=META,
                           progress=False)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
@@ -123,10 +123,10 @@ def test_bf16_elbo_agrees_with_fp32(mnist_subset):
 def test_speed_switches_train_the_same_model(mnist_subset):
     x, y, _, _ = mnist_subset
     runs = {}
-    for name, switches in {"plain": {}, "bf16": {"bf16": True}, "channels_last": {"channels_last": True}}.items():
+    for name, speed in {"plain": SpeedConfig(), "bf16": SpeedConfig(bf16=True), "channels_last": SpeedConfig(channels_last=True)}.items():
         torch.manual_seed(0)
         model = CVAE(arch="conv", latent_dim=4)
-        runs[name] = fit(model, elbo, _batches(x, y), 2, device="cpu", progress=False, **switches)[-1]["train_nelbo"]
+        runs[name] = fit(model, elbo, _batches(x, y), 2, device="cpu", progress=False, speed=speed)[-1]["train_nelbo"]
     assert runs["channels_last"] == pytest.approx(runs["plain"], rel=1e-3)
     assert runs["bf16"] == pytest.approx(runs["plain"], rel=0.02)
 
@@ -137,6 +137,64 @@ def test_compiled_model_trains_like_the_eager_one(mnist_subset):
     for compile in (False, True):
         torch.manual_seed(0)
         runs.append(fit(CVAE(latent_dim=4), elbo, _batches(x, y), 1, device="cpu", progress=False,
-                        compile=compile)[-1]["train_nelbo"])
+                        speed=SpeedConfig(compile=compile))[-1]["train_nelbo"])
     # Compiled code draws its random eps differently, so the runs agree closely, not bit for bit.
     assert runs[1] == pytest.approx(runs[0], rel=0.01)
+
+
+class BreaksAfter(torch.optim.Adam):
+    """Adam whose n-th step leaves the parameters NaN while every loss stays finite."""
+
+    def __init__(self, params, n):
+        super().__init__(params)
+        self.calls, self.n = 0, n
+
+    def step(self, closure=None):
+        super().step(closure)
+        self.calls += 1
+        if self.calls >= self.n:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(math.nan)
+
+
+def test_nan_parameters_stop_training_and_the_last_good_checkpoint_stays(mnist_subset, tmp_path):
+    x, y, _, _ = mnist_subset
+    path, batches = tmp_path / "run.pt", _batches(x, y)  # 4 steps per epoch
+    fit(CVAE(**META["model"]), elbo, batches, 1, device="cpu", checkpoint=path, meta=META, progress=False)
+    saved = path.read_bytes()
+    model = CVAE(**META["model"])
+    # The last step of epoch 2 breaks the weights: a finite loss, then NaN parameters, then the epoch's save.
+    with pytest.raises(FloatingPointError, match=r"diverged.*epoch 2, step 4: the parameters are no longer finite.*"
+                                                 r"last good checkpoint.*run.pt, is kept"):
+        fit(model, elbo, batches, 2, device="cpu", checkpoint=path, meta=META, progress=False,
+            optimizer=BreaksAfter(model.parameters(), 4))
+    assert path.read_bytes() == saved
+
+
+def test_updates_with_a_huge_gradient_are_skipped_and_counted(mnist_subset):
+    x, y, _, _ = mnist_subset
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    history = fit(model, elbo, _batches(x, y), 1, device="cpu", progress=False,
+                  config=TrainConfig(skip_grad_norm=1e-6))  # every gradient is larger: every update skipped
+    assert history[0]["skipped_updates"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    history = fit(model, elbo, _batches(x, y), 1, device="cpu", progress=False, config=TrainConfig(skip_grad_norm=1e9))
+    assert history[0]["skipped_updates"] == 0
+
+
+def test_bad_fit_arguments_are_refused(mnist_subset):
+    x, y, _, _ = mnist_subset
+    with pytest.raises(ValueError, match="num_epochs must be a positive integer, got 0"):
+        fit(CVAE(latent_dim=2), elbo, _batches(x, y), 0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="gives no batches"):
+        fit(CVAE(latent_dim=2), elbo, data.Batches(x[:10], y[:10], 50, drop_last=True), 1, device="cpu")
+    with pytest.raises(ValueError, match="Batches got no images"):
+        data.Batches(x[:0], y[:0])
+    for bad, message in [(dict(lr=0), "lr must be a positive"), (dict(seed=-1), "seed must be a non-negative"),
+                         (dict(clip_grad=-1.0), "clip_grad must be a positive")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad)

@@ -1,4 +1,5 @@
 """Make the chapters testable: write each chapters/*.md as the .ipynb that nbval runs."""
+
 from pathlib import Path
 
 import jupytext

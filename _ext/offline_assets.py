@@ -16,6 +16,7 @@ missing before the build. To fetch ahead of time, for instance before going offl
 It also keeps the pages' browser console clean (tests/site checks it): the theme gets a
 default colour mode, and a script the theme stack registers twice is written once.
 """
+
 import os
 import shutil
 import subprocess
@@ -89,13 +90,16 @@ def fetch(folder=None, quiet=False):
 def _fetch_packages(folder, quiet):
     npm = shutil.which("npm")
     if npm is None:
-        raise RuntimeError(f"npm is needed once to fetch MathJax and the widget manager into {folder}; "
-                           "install Node.js (npm), or copy a fetched folder there and set CVAELIB_WEB_ASSETS")
+        raise RuntimeError(
+            f"npm is needed once to fetch MathJax and the widget manager into {folder}; "
+            "install Node.js (npm), or copy a fetched folder there and set CVAELIB_WEB_ASSETS"
+        )
     vendor = folder / "vendor"
     with tempfile.TemporaryDirectory() as work:
         for spec, parts in PACKAGES.items():
-            done = subprocess.run([npm, "pack", spec, "--pack-destination", work, "--silent"],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [npm, "pack", spec, "--pack-destination", work, "--silent"], capture_output=True, text=True
+            )
             if done.returncode:
                 raise RuntimeError(f"npm pack {spec} failed (is the npm registry reachable?):\n{done.stderr}")
             tarball = Path(work) / done.stdout.strip().splitlines()[-1]

@@ -9,6 +9,7 @@ real test images, the judged accuracy of the samples (overall and worst class) a
 Fréchet distance on the judge's features (samples vs real test images, and real train vs
 real test as the floor).
 """
+
 import argparse
 import json
 import time
@@ -57,7 +58,7 @@ def run(dataset, out, epochs=None, subset=None, n_per_class=500, classifier_epoc
         "worst_class": data.class_names(dataset)[int(verdict["per_class"].argmin())],
         "worst_class_accuracy": round(float(verdict["per_class"].min()), 4),
         "frechet_samples_vs_test": round(frechet_distance(judge, real_test, samples), 2),
-        "frechet_train_vs_test": round(frechet_distance(judge, real_test, x[:len(xt)].float() / 255), 2),
+        "frechet_train_vs_test": round(frechet_distance(judge, real_test, x[: len(xt)].float() / 255), 2),
     }
 
 
@@ -72,8 +73,16 @@ def main(argv=None):
     p.add_argument("--test-size", type=int, help="judge against the first N test images (default all)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    result = run(a.dataset, a.out or Path(f"runs/default_{a.dataset}.pt"), a.epochs, a.subset, a.n_per_class,
-                 a.classifier_epochs, a.test_size, a.device)
+    result = run(
+        a.dataset,
+        a.out or Path(f"runs/default_{a.dataset}.pt"),
+        a.epochs,
+        a.subset,
+        a.n_per_class,
+        a.classifier_epochs,
+        a.test_size,
+        a.device,
+    )
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value if not isinstance(value, dict) else json.dumps(value)}")

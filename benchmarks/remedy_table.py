@@ -9,6 +9,7 @@ markdown row per model: bits/dim, active units, KL, I(x; z | y), decoder sensiti
 verdict, judged accuracy and Fréchet distance of the samples, and training seconds.
 A grid of prior samples per remedy is written to --runs/samples.png.
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -27,9 +28,20 @@ def _subset(images, labels, per_class, seed=0):
     return (images, labels) if per_class is None else data.stratified_subset(images, labels, per_class, seed)
 
 
-def run(per_class=None, epochs=30, latent_dim=64, batch_size=128, test_per_class=None, judge_per_class=None,
-        judge_epochs=10, samples_per_class=100, collapse_beta=300.0, runs=Path("runs/remedy_table"), only=None,
-        device="cpu"):
+def run(
+    per_class=None,
+    epochs=30,
+    latent_dim=64,
+    batch_size=128,
+    test_per_class=None,
+    judge_per_class=None,
+    judge_epochs=10,
+    samples_per_class=100,
+    collapse_beta=300.0,
+    runs=Path("runs/remedy_table"),
+    only=None,
+    device="cpu",
+):
     runs.mkdir(parents=True, exist_ok=True)
     train_images, train_labels = data.load("cifar10", "train")
     test_images, test_labels = data.load("cifar10", "test")
@@ -46,19 +58,37 @@ def run(per_class=None, epochs=30, latent_dim=64, batch_size=128, test_per_class
     judge, _ = train_classifier(x_judge, y_judge, num_epochs=judge_epochs, device=device, progress=False)
     judge_seconds = time.time() - start
     real_ref = x_ref.float() / 255
-    rows = {"real test images": dict(judged=classifier_accuracy(judge, test_images[5000:], test_labels[5000:], device),
-                                     fd=frechet_distance(judge, real_ref, x_test[:len(x_ref)].float() / 255))}
+    rows = {
+        "real test images": dict(
+            judged=classifier_accuracy(judge, test_images[5000:], test_labels[5000:], device),
+            fd=frechet_distance(judge, real_ref, x_test[: len(x_ref)].float() / 255),
+        )
+    }
     grids = []
     for name, s in settings.items():
         if only and name not in only:
             continue
         seed_everything(0)
-        model = CVAE(image_shape=(3, 32, 32), num_classes=10, latent_dim=latent_dim, arch="conv",
-                     likelihood=s["likelihood"], prior="learned")
+        model = CVAE(
+            image_shape=(3, 32, 32),
+            num_classes=10,
+            latent_dim=latent_dim,
+            arch="conv",
+            likelihood=s["likelihood"],
+            prior="learned",
+        )
         start = time.time()
         meta = {"remedy": name, "settings": repr(s), "per_class": per_class, "latent_dim": latent_dim}
-        fit(model, RemedyLoss(RemedyConfig(**s["loss"]), steps_per_epoch=len(train_batches)), train_batches, epochs,
-            device=device, checkpoint=runs / f"{name}.pt", meta=meta, progress=False)
+        fit(
+            model,
+            RemedyLoss(RemedyConfig(**s["loss"]), steps_per_epoch=len(train_batches)),
+            train_batches,
+            epochs,
+            device=device,
+            checkpoint=runs / f"{name}.pt",
+            meta=meta,
+            progress=False,
+        )
         rows[name] = compare(model.eval(), test_batches, judge, real_ref, samples_per_class)
         rows[name]["seconds"] = time.time() - start
         grids.append(rows[name]["samples"].view(10, samples_per_class, 3, 32, 32)[:, :8].reshape(-1, 3, 32, 32))
@@ -66,19 +96,25 @@ def run(per_class=None, epochs=30, latent_dim=64, batch_size=128, test_per_class
     if grids:  # one block of 10 classes x 8 samples per remedy, side by side
         save_image(torch.cat(grids), runs / "samples.png", nrow=8, padding=1, pad_value=1.0)
 
-    print(f"\nCIFAR-10, {len(x_train)} training images, {epochs} epochs, latent {latent_dim}, batch {batch_size}, "
-          f"{len(x_test)} test images; judge: {len(x_judge)} images, {judge_epochs} epochs, {judge_seconds:.0f} s")
-    print("| remedy | bits/dim | active units | KL (nats) | I(x; z \\| y) (nats) | decoder sensitivity | verdict "
-          "| judged accuracy | Fréchet distance | train s |")
+    print(
+        f"\nCIFAR-10, {len(x_train)} training images, {epochs} epochs, latent {latent_dim}, batch {batch_size}, "
+        f"{len(x_test)} test images; judge: {len(x_judge)} images, {judge_epochs} epochs, {judge_seconds:.0f} s"
+    )
+    print(
+        "| remedy | bits/dim | active units | KL (nats) | I(x; z \\| y) (nats) | decoder sensitivity | verdict "
+        "| judged accuracy | Fréchet distance | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         if "units" not in r:
             print(f"| {name} | | | | | | | {r['judged']:.1%} | {r['fd']:.1f} | |")
             continue
         bpd = "n/a" if r["bpd"] is None else f"{r['bpd']:.3f}"
-        print(f"| {name} | {bpd} | {r['units']} of {latent_dim} | {r['kl']:.1f} | {r['mi']:.2f} | "
-              f"{r['sensitivity']:.3f} | {r['verdict'].split(':')[0]} | {r['judged']:.1%} | {r['fd']:.1f} | "
-              f"{r['seconds']:.0f} |")
+        print(
+            f"| {name} | {bpd} | {r['units']} of {latent_dim} | {r['kl']:.1f} | {r['mi']:.2f} | "
+            f"{r['sensitivity']:.3f} | {r['verdict'].split(':')[0]} | {r['judged']:.1%} | {r['fd']:.1f} | "
+            f"{r['seconds']:.0f} |"
+        )
     return rows
 
 
@@ -97,8 +133,20 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", help="train only these remedies")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    return run(a.per_class, a.epochs, a.latent_dim, a.batch_size, a.test_per_class, a.judge_per_class,
-               a.judge_epochs, a.samples_per_class, a.collapse_beta, a.runs, a.only, a.device)
+    return run(
+        a.per_class,
+        a.epochs,
+        a.latent_dim,
+        a.batch_size,
+        a.test_per_class,
+        a.judge_per_class,
+        a.judge_epochs,
+        a.samples_per_class,
+        a.collapse_beta,
+        a.runs,
+        a.only,
+        a.device,
+    )
 
 
 if __name__ == "__main__":

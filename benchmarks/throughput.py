@@ -19,6 +19,7 @@ without them. Time to quality (MNIST default model, ``--quality NATS``): trainin
 until the test negative ELBO is below NATS, checked after every epoch. Each configuration
 runs in a fresh process so that peak memory is its own.
 """
+
 import argparse
 import json
 import resource
@@ -69,17 +70,22 @@ def _default_model(dataset):
 
 
 def _peak_mb(device):
-    return (torch.cuda.max_memory_allocated() if device != "cpu"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return (
+        torch.cuda.max_memory_allocated()
+        if device != "cpu"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) / 2**20
 
 
 def measure(dataset, loop, steps, batch_size=128, device="cpu", workers=0, **switches):
     """Images per second of one epoch of ``fit`` over ``steps`` batches, after a warm-up epoch."""
     images, labels = data.load(dataset, "train")
-    images, labels = images[:steps * batch_size], labels[:steps * batch_size]
+    images, labels = images[: steps * batch_size], labels[: steps * batch_size]
     model = _default_model(dataset)
-    warmup = _batches(loop, images[:3 * batch_size], labels[:3 * batch_size], batch_size, device, workers)
-    fit(model, elbo, warmup, 1, device=device, progress=False, speed=SpeedConfig(**switches))  # compiles, allocates, warms caches
+    warmup = _batches(loop, images[: 3 * batch_size], labels[: 3 * batch_size], batch_size, device, workers)
+    fit(
+        model, elbo, warmup, 1, device=device, progress=False, speed=SpeedConfig(**switches)
+    )  # compiles, allocates, warms caches
     batches = _batches(loop, images, labels, batch_size, device, workers)
     if device != "cpu":
         torch.cuda.synchronize()
@@ -92,8 +98,9 @@ def measure(dataset, loop, steps, batch_size=128, device="cpu", workers=0, **swi
     return {"dataset": dataset, "loop": loop, "images_per_s": len(images) / seconds, "peak_mb": _peak_mb(device)}
 
 
-def time_to_quality(loop, threshold, max_epochs=20, batch_size=128, device="cpu", workers=0, train_size=None,
-                    **switches):
+def time_to_quality(
+    loop, threshold, max_epochs=20, batch_size=128, device="cpu", workers=0, train_size=None, **switches
+):
     """Training seconds of the MNIST default model until its test negative ELBO < ``threshold``."""
     images, labels = data.load("mnist", "train")
     images, labels = images[:train_size], labels[:train_size]
@@ -105,16 +112,32 @@ def time_to_quality(loop, threshold, max_epochs=20, batch_size=128, device="cpu"
         # A new shuffle each epoch: Batches from its seed, the DataLoader from fit's seeding of torch.
         batches = _batches(loop, images, labels, batch_size, device, workers, seed=epoch)
         start = time.perf_counter()  # only training is timed; the test pass is the same for both loops
-        fit(model, elbo, batches, 1, optimizer=optimizer, device=device, config=TrainConfig(seed=epoch), progress=False,
-            speed=SpeedConfig(**switches))
+        fit(
+            model,
+            elbo,
+            batches,
+            1,
+            optimizer=optimizer,
+            device=device,
+            config=TrainConfig(seed=epoch),
+            progress=False,
+            speed=SpeedConfig(**switches),
+        )
         if device != "cpu":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
         nelbo = negative_elbo(model, test)["nelbo"]
         if nelbo < threshold:
             break
-    return {"dataset": "mnist", "loop": loop, "seconds": seconds, "epochs": epoch, "test_nelbo": nelbo,
-            "reached": nelbo < threshold, "peak_mb": _peak_mb(device)}
+    return {
+        "dataset": "mnist",
+        "loop": loop,
+        "seconds": seconds,
+        "epochs": epoch,
+        "test_nelbo": nelbo,
+        "reached": nelbo < threshold,
+        "peak_mb": _peak_mb(device),
+    }
 
 
 def _child(args):
@@ -144,15 +167,22 @@ def main(argv=None):
         print(json.dumps(measure(*a.one, a.steps, a.batch_size, a.device, a.workers, **switches)))
         return None
     if a.one_quality:
-        print(json.dumps(time_to_quality(a.one_quality, a.quality, a.max_epochs, a.batch_size, a.device, a.workers,
-                                         a.train_size, **switches)))
+        print(
+            json.dumps(
+                time_to_quality(
+                    a.one_quality, a.quality, a.max_epochs, a.batch_size, a.device, a.workers, a.train_size, **switches
+                )
+            )
+        )
         return None
     flags = [f"--{k.replace('_', '-')}" for k, on in switches.items() if on]
     # The usual loop (DataLoader, no switches) first; then cvaelib; then both with the switches, if any.
     configs = [("DataLoader", []), ("cvaelib", [])] + ([("DataLoader", flags), ("cvaelib", flags)] if flags else [])
     common = ["--batch-size", str(a.batch_size), "--device", a.device, "--workers", str(a.workers)]
-    print(f"device {a.device}, batch {a.batch_size}, DataLoader workers {a.workers}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"device {a.device}, batch {a.batch_size}, DataLoader workers {a.workers}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"\nthroughput, {a.steps} timed steps; x usual = images/s over the DataLoader loop's without switches")
     print(f"{'dataset':<14} {'loop':<11} {'switches':<30} {'img/s':>8} {'x usual':>8} {'peak MB':>8}")
     rows = []
@@ -164,22 +194,39 @@ def main(argv=None):
             usual = usual or r["images_per_s"]
             r["speedup"] = r["images_per_s"] / usual
             rows.append(r)
-            print(f"{dataset:<14} {loop:<11} {r['switches']:<30} {r['images_per_s']:>8.0f} {r['speedup']:>8.2f} "
-                  f"{r['peak_mb']:>8.0f}", flush=True)
+            print(
+                f"{dataset:<14} {loop:<11} {r['switches']:<30} {r['images_per_s']:>8.0f} {r['speedup']:>8.2f} "
+                f"{r['peak_mb']:>8.0f}",
+                flush=True,
+            )
     if a.quality is not None:
         print(f"\ntime to quality: MNIST default model, training seconds until test negative ELBO < {a.quality:g} nats")
         print(f"{'loop':<11} {'switches':<30} {'seconds':>8} {'epochs':>7} {'test nELBO':>11} {'x usual':>8}")
         usual = None
         for loop, extra in configs:
-            r = _child(["--one-quality", loop, "--quality", str(a.quality), "--max-epochs", str(a.max_epochs),
-                        *(["--train-size", str(a.train_size)] if a.train_size else []), *common, *extra])
+            r = _child(
+                [
+                    "--one-quality",
+                    loop,
+                    "--quality",
+                    str(a.quality),
+                    "--max-epochs",
+                    str(a.max_epochs),
+                    *(["--train-size", str(a.train_size)] if a.train_size else []),
+                    *common,
+                    *extra,
+                ]
+            )
             r["switches"] = " ".join(extra) or "none"
             usual = usual or r["seconds"]
             r["speedup"] = usual / r["seconds"]
             rows.append(r)
             reached = "" if r["reached"] else " (not reached)"
-            print(f"{loop:<11} {r['switches']:<30} {r['seconds']:>8.1f} {r['epochs']:>7} {r['test_nelbo']:>11.1f} "
-                  f"{r['speedup']:>8.2f}{reached}", flush=True)
+            print(
+                f"{loop:<11} {r['switches']:<30} {r['seconds']:>8.1f} {r['epochs']:>7} {r['test_nelbo']:>11.1f} "
+                f"{r['speedup']:>8.2f}{reached}",
+                flush=True,
+            )
     return rows
 
 

@@ -20,6 +20,7 @@ submission by hand:
 
     otter run -a _build/classroom/<name>/autograder/<name>-autograder.zip -o OUTDIR submission.ipynb
 """
+
 import argparse
 import json
 import re
@@ -85,8 +86,11 @@ def leaks(student_notebook, master_source):
     master = jupytext.read(master_source)
     found = [f"solution line {line!r}" for line in _solution_lines(master) if json.dumps(line)[1:-1] in text]
     found += [f"hidden test {name}" for name in _hidden_tests(master) if name in text]
-    found += [f"marker {marker!r}" for marker in ["BEGIN SOLUTION", "END SOLUTION", "BEGIN TESTS", "hidden=True"]
-              if marker in text]
+    found += [
+        f"marker {marker!r}"
+        for marker in ["BEGIN SOLUTION", "END SOLUTION", "BEGIN TESTS", "hidden=True"]
+        if marker in text
+    ]
     return found
 
 
@@ -98,11 +102,16 @@ def grade(submission, autograder):
     with tempfile.TemporaryDirectory() as results:
         _otter("run", "--no-logo", "-a", Path(autograder).resolve(), "-o", results, Path(submission).resolve())
         tests = json.loads((Path(results) / "results.json").read_text())["tests"]
-    questions = {test["name"]: {"score": test["score"], "possible": test["max_score"], "output": test["output"]}
-                 for test in tests if "max_score" in test}
-    return {"score": sum(q["score"] for q in questions.values()),
-            "possible": sum(q["possible"] for q in questions.values()),
-            "questions": questions}
+    questions = {
+        test["name"]: {"score": test["score"], "possible": test["max_score"], "output": test["output"]}
+        for test in tests
+        if "max_score" in test
+    }
+    return {
+        "score": sum(q["score"] for q in questions.values()),
+        "possible": sum(q["possible"] for q in questions.values()),
+        "questions": questions,
+    }
 
 
 def failing_questions(results):
@@ -138,8 +147,10 @@ def build_one(name, out=OUT, check=True):
         paths["results"] = target / "solution-results.json"
         paths["results"].write_text(json.dumps(results, indent=1))
         if results["score"] < results["possible"]:
-            raise RuntimeError(f"the solution edition of {name} scores {results['score']}/{results['possible']}; "
-                               f"failing: {failing_questions(results)}")
+            raise RuntimeError(
+                f"the solution edition of {name} scores {results['score']}/{results['possible']}; "
+                f"failing: {failing_questions(results)}"
+            )
     return paths
 
 

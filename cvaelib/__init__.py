@@ -1,4 +1,5 @@
 """cvaelib: the companion library of the CVAE course."""
+
 from .checkpoint import load_checkpoint
 from .models import CVAE, VAE
 

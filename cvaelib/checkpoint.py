@@ -39,7 +39,9 @@ def check_writable(path: str | Path, option: str = "checkpoint") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
     except OSError as e:
-        raise OSError(f"{option} {path} cannot be written ({e.strerror or e}); choose a folder you can write to") from None
+        raise OSError(
+            f"{option} {path} cannot be written ({e.strerror or e}); choose a folder you can write to"
+        ) from None
     probe.unlink()
 
 

@@ -1,4 +1,5 @@
 """The command line: ``python -m cvaelib train | sample | evaluate``."""
+
 import argparse
 import json
 import math
@@ -58,8 +59,11 @@ def _parser():
     t.add_argument("--model", default="cvae", choices=["vae", "cvae"])
     t.add_argument("--out", required=True, type=Path, help="checkpoint path, written after every epoch")
     t.add_argument("--epochs", type=POSITIVE_INT, help="default: per dataset (mnist 20, fashion_mnist 20, cifar10 30)")
-    t.add_argument("--max-minutes", type=POSITIVE, help="stop cleanly after the epoch that passes M minutes of "
-                   "training; run the same command again to go on")
+    t.add_argument(
+        "--max-minutes",
+        type=POSITIVE,
+        help="stop cleanly after the epoch that passes M minutes of training; run the same command again to go on",
+    )
     t.add_argument("--latent-dim", type=POSITIVE_INT)
     t.add_argument("--arch", choices=sorted(ARCHITECTURES))
     t.add_argument("--likelihood", choices=sorted(LIKELIHOODS))
@@ -67,8 +71,12 @@ def _parser():
     t.add_argument("--conditioning", default="concat", choices=CONDITIONINGS)
     t.add_argument("--prior", choices=PRIORS, help="a VAE always uses the standard prior")
     t.add_argument("--beta", type=NON_NEGATIVE, default=1.0, help="weight of the KL term")
-    t.add_argument("--schedule", default="constant", choices=["constant", "linear", "cyclical"],
-                   help="KL weight schedule (chapter 4)")
+    t.add_argument(
+        "--schedule",
+        default="constant",
+        choices=["constant", "linear", "cyclical"],
+        help="KL weight schedule (chapter 4)",
+    )
     t.add_argument("--warmup", type=POSITIVE, default=1.0, help="epochs of the KL warm-up (or of all cycles)")
     t.add_argument("--free-bits", type=NON_NEGATIVE, help="free bits: nats each latent dimension (or group) may keep")
     t.add_argument("--group-sizes", type=POSITIVE_INT, nargs="+", help="split the latent into groups of these sizes")
@@ -116,25 +124,48 @@ def _configs(args, parser):
     likelihood, latent_dim = pick(args.likelihood, "likelihood"), pick(args.latent_dim, "latent_dim")
     prior = pick(args.prior, "prior") if conditional else "standard"
     clashes = [
-        (args.sigma is not None and likelihood not in ("gaussian", "sigma"),
-         f"--sigma needs --likelihood gaussian or sigma (the likelihood is {likelihood})"),
-        (args.optimal_sigma and likelihood != "gaussian", f"--optimal-sigma needs --likelihood gaussian, not {likelihood}"),
+        (
+            args.sigma is not None and likelihood not in ("gaussian", "sigma"),
+            f"--sigma needs --likelihood gaussian or sigma (the likelihood is {likelihood})",
+        ),
+        (
+            args.optimal_sigma and likelihood != "gaussian",
+            f"--optimal-sigma needs --likelihood gaussian, not {likelihood}",
+        ),
         (args.group_balance and args.group_sizes is None, "--group-balance needs --group-sizes"),
-        (args.group_sizes is not None and sum(args.group_sizes) != latent_dim,
-         f"--group-sizes {' '.join(map(str, args.group_sizes or []))} must add up to the latent size {latent_dim}"),
-        (args.kl_balance is not None and prior != "learned", "--kl-balance needs the learned prior (--prior learned, cvae)"),
+        (
+            args.group_sizes is not None and sum(args.group_sizes) != latent_dim,
+            f"--group-sizes {' '.join(map(str, args.group_sizes or []))} must add up to the latent size {latent_dim}",
+        ),
+        (
+            args.kl_balance is not None and prior != "learned",
+            "--kl-balance needs the learned prior (--prior learned, cvae)",
+        ),
         (args.prior is not None and not conditional and args.prior != "standard", "--prior learned needs --model cvae"),
     ]
     for clash, message in clashes:
         if clash:
             parser.error(message)
-    model = ModelConfig(image_shape=data.image_shape(args.dataset), num_classes=10 if conditional else 0,
-                        latent_dim=latent_dim, arch=pick(args.arch, "arch"), likelihood=likelihood,
-                        conditioning=args.conditioning, prior=prior, sigma=args.sigma)
-    remedies = RemedyConfig(beta=args.beta, schedule=args.schedule, warmup=args.warmup, free_bits=args.free_bits,
-                            group_sizes=None if args.group_sizes is None else tuple(args.group_sizes),
-                            group_balance=args.group_balance, kl_balance=args.kl_balance,
-                            sigma="optimal" if args.optimal_sigma else None)
+    model = ModelConfig(
+        image_shape=data.image_shape(args.dataset),
+        num_classes=10 if conditional else 0,
+        latent_dim=latent_dim,
+        arch=pick(args.arch, "arch"),
+        likelihood=likelihood,
+        conditioning=args.conditioning,
+        prior=prior,
+        sigma=args.sigma,
+    )
+    remedies = RemedyConfig(
+        beta=args.beta,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        free_bits=args.free_bits,
+        group_sizes=None if args.group_sizes is None else tuple(args.group_sizes),
+        group_balance=args.group_balance,
+        kl_balance=args.kl_balance,
+        sigma="optimal" if args.optimal_sigma else None,
+    )
     optim = TrainConfig(lr=args.lr, seed=args.seed, clip_grad=args.clip_grad, skip_grad_norm=args.skip_grad_norm)
     return model, remedies, optim
 
@@ -150,13 +181,19 @@ def _test_batches(name, root, device, n=None, per_class=None):
 
 def train(args, parser):
     model_config, remedies, optim = _configs(args, parser)
-    meta = {"dataset": args.dataset, "model": asdict(model_config), "remedies": asdict(remedies),
-            "train": {**asdict(optim), "batch_size": args.batch_size, "subset": args.subset}}
+    meta = {
+        "dataset": args.dataset,
+        "model": asdict(model_config),
+        "remedies": asdict(remedies),
+        "train": {**asdict(optim), "batch_size": args.batch_size, "subset": args.subset},
+    }
     # Everything that can be refused is refused before the data is read and any epoch runs.
     if args.out.exists():
         if read_checkpoint(args.out).get("meta") != meta:
-            raise ValueError(f"{args.out} holds a checkpoint of a different model or setting; "
-                             "choose another --out, or delete it to start over")
+            raise ValueError(
+                f"{args.out} holds a checkpoint of a different model or setting; "
+                "choose another --out, or delete it to start over"
+            )
         print(f"resuming from {args.out}")
     check_writable(args.out, "--out")
     device = torch.device(args.device) if args.device else default_device()
@@ -171,14 +208,28 @@ def train(args, parser):
     print(f"training a {args.model} on {args.dataset} ({len(images)} images) for {epochs} epochs on {device}")
     start = time.time()
     loss = RemedyLoss(remedies, steps_per_epoch=len(train_batches))  # without remedies: the ELBO
-    history = fit(model, loss, train_batches, epochs, test_batches=test_batches, config=optim,
-                  speed=SpeedConfig(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile),
-                  device=device, checkpoint=args.out, meta=meta, progress=not args.no_progress,
-                  max_minutes=args.max_minutes)
+    history = fit(
+        model,
+        loss,
+        train_batches,
+        epochs,
+        test_batches=test_batches,
+        config=optim,
+        speed=SpeedConfig(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile),
+        device=device,
+        checkpoint=args.out,
+        meta=meta,
+        progress=not args.no_progress,
+        max_minutes=args.max_minutes,
+    )
     final = evaluate_loss(model, loss, test_batches, device)  # nelbo: the true negative ELBO, whatever beta
-    figures = {"epochs": history[-1]["epoch"], "test_negative_elbo_nats": final["nelbo"],
-               "test_reconstruction_nats": final["recon"], "test_kl_nats": final["kl"],
-               "seconds": round(time.time() - start, 1)}
+    figures = {
+        "epochs": history[-1]["epoch"],
+        "test_negative_elbo_nats": final["nelbo"],
+        "test_reconstruction_nats": final["recon"],
+        "test_kl_nats": final["kl"],
+        "seconds": round(time.time() - start, 1),
+    }
     if model.likelihood.discrete:
         figures["test_bits_per_dim"] = bits_per_dim(final["nelbo"], math.prod(model_config.image_shape))
     print(_json(figures))
@@ -206,7 +257,9 @@ def evaluate(args):
     model = load_checkpoint(args.checkpoint, device)
     seed_everything(args.seed)
     batches = _test_batches(model.meta["dataset"], args.data_root, device, args.n)
-    print(_json({"checkpoint": str(args.checkpoint), "dataset": model.meta["dataset"], **report(model, batches, args.k)}))
+    print(
+        _json({"checkpoint": str(args.checkpoint), "dataset": model.meta["dataset"], **report(model, batches, args.k)})
+    )
 
 
 def _finite(value):

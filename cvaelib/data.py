@@ -4,6 +4,7 @@ A split is stored as ``<root>/<name>/<split>.npz`` with arrays ``images`` (uint8
 N x C x H x W) and ``labels`` (int64, N). The root is the ``root`` argument, else the
 environment variable ``CVAELIB_DATA``, else ``./data``.
 """
+
 import os
 import shutil
 import socket
@@ -29,14 +30,23 @@ DATASETS = {
     },
     "fashion_mnist": {
         "shape": (1, 28, 28),
-        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        "classes": [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
         "torchvision": "FashionMNIST",
     },
     "cifar10": {
         "shape": (3, 32, 32),
-        "classes": ["airplane", "automobile", "bird", "cat", "deer",
-                    "dog", "frog", "horse", "ship", "truck"],
+        "classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
         "torchvision": "CIFAR10",
     },
 }
@@ -48,13 +58,13 @@ def _check_name(name):
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
 
 
-def class_names(name):
+def class_names(name: str) -> list[str]:
     """The ten class names of a dataset, in label order (chapters 2-4)."""
     _check_name(name)
     return list(DATASETS[name]["classes"])
 
 
-def image_shape(name):
+def image_shape(name: str) -> tuple[int, int, int]:
     """(C, H, W) of a dataset's images."""
     _check_name(name)
     return DATASETS[name]["shape"]
@@ -82,21 +92,29 @@ def _read_npz(path, name):
         ) from e
     shape = DATASETS[name]["shape"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != shape:
-        raise ValueError(f"{path}: 'images' must be uint8 of shape (N, {', '.join(map(str, shape))}), "
-                         f"got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"{path}: 'images' must be uint8 of shape (N, {', '.join(map(str, shape))}), "
+            f"got {images.dtype} {images.shape}"
+        )
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: 'labels' must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"{path}: 'labels' must be integers of shape ({len(images)},), got {labels.dtype} {labels.shape}"
+        )
     labels = labels.astype(np.int64)  # before any comparison: uint8 labels would wrap around
     num_classes = len(DATASETS[name]["classes"])
     if len(labels) == 0:
         raise ValueError(f"{path} holds no images; replace it with a good copy")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"{path}: labels must be in 0..{num_classes - 1}, got values from {labels.min()} to "
-                         f"{labels.max()}; replace it with a good copy")
+        raise ValueError(
+            f"{path}: labels must be in 0..{num_classes - 1}, got values from {labels.min()} to "
+            f"{labels.max()}; replace it with a good copy"
+        )
     missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
     if missing:
-        raise ValueError(f"{path} has no image of class {', '.join(map(str, missing))}: every class must be present; "
-                         "replace it with a good copy")
+        raise ValueError(
+            f"{path} has no image of class {', '.join(map(str, missing))}: every class must be present; "
+            "replace it with a good copy"
+        )
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
@@ -134,7 +152,9 @@ def _download(name, split, root, path):
         tmp.unlink(missing_ok=True)
 
 
-def load(name, split="train", root=None, download=True):
+def load(
+    name: str, split: str = "train", root: str | Path | None = None, download: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split: images uint8 (N,C,H,W) and labels int64 (N,) (every chapter).
 
     Reads ``<root>/<name>/<split>.npz``; if it is missing, downloads through
@@ -147,13 +167,17 @@ def load(name, split="train", root=None, download=True):
     path = root / name / f"{split}.npz"
     if not path.exists():
         if not download:
-            raise FileNotFoundError(f"No copy of {name}/{split} at {path}. Set {ENV_VAR}=/path/to/data "
-                                    f"(a folder with <name>/<split>.npz) or allow download=True.")
+            raise FileNotFoundError(
+                f"No copy of {name}/{split} at {path}. Set {ENV_VAR}=/path/to/data "
+                f"(a folder with <name>/<split>.npz) or allow download=True."
+            )
         _download(name, split, root, path)
     return _read_npz(path, name)
 
 
-def stratified_subset(images, labels, n_per_class, seed=0):
+def stratified_subset(
+    images: torch.Tensor, labels: torch.Tensor, n_per_class: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Take ``n_per_class`` random examples of every class, classes in label order (smoke runs)."""
     g = torch.Generator().manual_seed(seed)
     picks = []
@@ -187,7 +211,7 @@ class Batches:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.epoch = 0
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Fix the shuffling of the coming pass (the PyTorch sampler convention)."""
         self.epoch = epoch
 
@@ -203,5 +227,5 @@ class Batches:
         else:
             order = torch.arange(n, device=self.images.device)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.images[idx].float().div_(255), self.labels[idx]

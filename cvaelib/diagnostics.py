@@ -1,7 +1,9 @@
 """Has the posterior collapsed? One report with the evidence and a verdict (chapter 4)."""
+
 import math
 
 import torch
+from torch import nn
 
 from .evaluate import active_units, kl_per_dim, mutual_information, negative_elbo, posterior_and_prior
 from .judge import frechet_distance, judge_samples
@@ -10,7 +12,7 @@ from .train import seed_everything
 
 
 @torch.no_grad()
-def decoder_sensitivity(model, num_z=64, seed=0):
+def decoder_sensitivity(model: nn.Module, num_z: int = 64, seed: int = 0) -> float:
     """How much the decoded image changes with z for a fixed label, in pixel units [0, 1].
 
     For each label (or once for a VAE), decodes ``num_z`` prior samples and takes the
@@ -31,7 +33,9 @@ def decoder_sensitivity(model, num_z=64, seed=0):
 
 
 @torch.no_grad()
-def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=0.01):
+def diagnose(
+    model: nn.Module, batches, threshold: float = 0.01, collapsed_nats: float = 0.5, ignored_pixels: float = 0.01
+) -> dict:
     """KL per dimension, active units, I(x; z), decoder sensitivity, and a verdict (chapter 4).
 
     The posterior has collapsed when z carries (almost) no information about x: no active
@@ -57,13 +61,29 @@ def diagnose(model, batches, threshold=0.01, collapsed_nats=0.5, ignored_pixels=
         verdict = f"partly collapsed: {model.latent_dim - units} of {model.latent_dim} dimensions are unused"
     else:
         verdict = "healthy: every latent dimension is used"
-    return {"verdict": verdict, "evidence": evidence, "collapsed": verdict.startswith("collapsed"),
-            "active_units": units, "latent_dim": model.latent_dim, "kl_per_dim": kl, "unit_variance": variance,
-            "total_kl": total_kl, "mutual_information": mi, "decoder_sensitivity": sensitivity}
+    return {
+        "verdict": verdict,
+        "evidence": evidence,
+        "collapsed": verdict.startswith("collapsed"),
+        "active_units": units,
+        "latent_dim": model.latent_dim,
+        "kl_per_dim": kl,
+        "unit_variance": variance,
+        "total_kl": total_kl,
+        "mutual_information": mi,
+        "decoder_sensitivity": sensitivity,
+    }
 
 
 @torch.no_grad()
-def compare(model, test_batches, judge, real_images, samples_per_class=100, seed=0):
+def compare(
+    model: nn.Module,
+    test_batches,
+    judge: nn.Module,
+    real_images: torch.Tensor,
+    samples_per_class: int = 100,
+    seed: int = 0,
+) -> dict:
     """One row of chapter 4's remedy table: the bound, the diagnosis and the judged samples.
 
     ``real_images`` (float, [0, 1]) are the reference for the Fréchet distance. Returns
@@ -77,8 +97,15 @@ def compare(model, test_batches, judge, real_images, samples_per_class=100, seed
     labels = torch.arange(model.num_classes).repeat_interleave(samples_per_class)
     seed_everything(seed)
     samples = model.sample(labels.to(device)).cpu()
-    return dict(bpd=bits_per_dim(nelbo, math.prod(model.image_shape)) if model.likelihood.discrete else None,
-                units=d["active_units"], kl=d["total_kl"], mi=d["mutual_information"],
-                sensitivity=d["decoder_sensitivity"], verdict=d["verdict"], diagnosis=d,
-                judged=judge_samples(judge, samples, labels)["accuracy"],
-                fd=frechet_distance(judge, real_images, samples), samples=samples)
+    return dict(
+        bpd=bits_per_dim(nelbo, math.prod(model.image_shape)) if model.likelihood.discrete else None,
+        units=d["active_units"],
+        kl=d["total_kl"],
+        mi=d["mutual_information"],
+        sensitivity=d["decoder_sensitivity"],
+        verdict=d["verdict"],
+        diagnosis=d,
+        judged=judge_samples(judge, samples, labels)["accuracy"],
+        fd=frechet_distance(judge, real_images, samples),
+        samples=samples,
+    )

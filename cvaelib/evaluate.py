@@ -3,12 +3,15 @@
 All functions take a model and ``Batches`` (or any iterable of (x, y) float batches)
 and return plain numbers in nats per image unless said otherwise.
 """
+
 import math
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .losses import LOG_2PI, MIN_LOGVAR, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob, sample_with_log_prob
+
 
 def _labels(model, y):
     return y if model.num_classes else None
@@ -19,7 +22,7 @@ def _model_device(model):
 
 
 @torch.no_grad()
-def negative_elbo(model, batches) -> dict:
+def negative_elbo(model: nn.Module, batches) -> dict:
     """Mean negative ELBO, reconstruction and KL on a dataset, nats/image (chapter 1)."""
     model.eval()
     device, totals, n = _model_device(model), {"nelbo": 0.0, "recon": 0.0, "kl": 0.0}, 0
@@ -40,8 +43,11 @@ def _log_weights(model, x, y, mu, logvar, k, max_images=4096):
     """
     prior_mu, prior_logvar = model.prior(y)
     z, log_qz = sample_with_log_prob(mu, logvar, num_samples=k)  # (K, B, D), (K, B)
-    log_pz = gaussian_log_prob(z, torch.zeros_like(z) if prior_mu is None else prior_mu,
-                               torch.zeros_like(z) if prior_logvar is None else prior_logvar)  # (K, B)
+    log_pz = gaussian_log_prob(
+        z,
+        torch.zeros_like(z) if prior_mu is None else prior_mu,
+        torch.zeros_like(z) if prior_logvar is None else prior_logvar,
+    )  # (K, B)
     per_chunk = max(1, max_images // len(x))  # samples decoded per call
     log_px = []
     for zc in z.split(per_chunk):  # (k', B, D) -> (k' * B, D), decoded at once
@@ -57,7 +63,7 @@ def _check_k(k):
 
 
 @torch.no_grad()
-def iwae_bound(model, batches, k: int = 100) -> float:
+def iwae_bound(model: nn.Module, batches, k: int = 100) -> float:
     """Negative IWAE bound -log (1/K) sum_k p(x,z_k)/q(z_k|x), nats/image (Burda et al. 2016).
 
     An upper bound on -log p(x) that tightens as K grows; K = 1 is the negative ELBO.
@@ -74,14 +80,14 @@ def iwae_bound(model, batches, k: int = 100) -> float:
 
 
 @torch.no_grad()
-def posterior_stats(model, batches):
+def posterior_stats(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """mu and logvar of q(z|x,y) for every example: two (N, D) tensors."""
     mu, logvar, *_ = posterior_and_prior(model, batches)
     return mu, logvar
 
 
 @torch.no_grad()
-def posterior_and_prior(model, batches):
+def posterior_and_prior(model: nn.Module, batches) -> tuple:
     """mu, logvar of q(z|x,y), the prior's (mu, logvar), (N, D) each, and the labels (N,).
 
     One pass over ``batches``, so that the labels belong to the same examples even when the
@@ -99,7 +105,9 @@ def posterior_and_prior(model, batches):
     return torch.cat(mus), torch.cat(logvars), *model.prior(labels), labels
 
 
-def active_units(mu, threshold=0.01, labels=None):
+def active_units(
+    mu: torch.Tensor, threshold: float = 0.01, labels: torch.Tensor | None = None
+) -> tuple[int, torch.Tensor]:
     """Active units (Burda et al. 2016): dimensions d with Cov_x(E_q[z_d]) > threshold (chapters 1, 4).
 
     Takes posterior means (N, D); returns the count and the per-dimension variances. With
@@ -116,13 +124,20 @@ def active_units(mu, threshold=0.01, labels=None):
     return int((variance > threshold).sum()), variance
 
 
-def kl_per_dim(mu, logvar, prior_mu=None, prior_logvar=None):
+def kl_per_dim(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: torch.Tensor | None = None,
+    prior_logvar: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean KL of each latent dimension to the prior over a dataset, (D,) nats (chapter 4)."""
     return gaussian_kl(mu, logvar, prior_mu, prior_logvar).mean(dim=0)
 
 
 @torch.no_grad()
-def mutual_information(mu, logvar, labels=None, chunk=256):
+def mutual_information(
+    mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None = None, chunk: int = 256
+) -> float:
     """I(x; z) under q, estimated as in He et al. (2019), in nats (chapter 4).
 
     I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], with the aggregate posterior q(z)
@@ -149,11 +164,18 @@ def mutual_information(mu, logvar, labels=None, chunk=256):
 
 
 @torch.no_grad()
-def report(model, batches, k: int = 100, progress: bool = True) -> dict:
+def report(model: nn.Module, batches, k: int = 100, progress: bool = True) -> dict:
     """All test figures of a model in one dict, from one pass over the data (the command line's ``evaluate``)."""
     _check_k(k)
     model.eval()
-    device, totals, n, mus, logvars, labels = _model_device(model), {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0}, 0, [], [], []
+    device, totals, n, mus, logvars, labels = (
+        _model_device(model),
+        {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0},
+        0,
+        [],
+        [],
+        [],
+    )
     for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
         parts = elbo(model, x, y)
@@ -177,7 +199,9 @@ def report(model, batches, k: int = 100, progress: bool = True) -> dict:
         "reconstruction_nats": figures["recon"],
         "kl_nats": figures["kl"],
         # Only a likelihood of 8-bit pixel values gives a true bits/dim.
-        "bits_per_dim": bits_per_dim(figures["nelbo"], math.prod(model.image_shape)) if model.likelihood.discrete else None,
+        "bits_per_dim": bits_per_dim(figures["nelbo"], math.prod(model.image_shape))
+        if model.likelihood.discrete
+        else None,
         "iwae_nats": figures["iwae"],
         "iwae_k": k,
         "active_units": units,

@@ -7,6 +7,7 @@ Conditioning on a label y (chapter 2) comes in two ways:
   z + W y, a learned projection of the label added to z.
 A ``"learned"`` prior replaces N(0, I) by a label-dependent p(z|y) = N(mu_y, sigma_y^2).
 """
+
 import math
 from dataclasses import dataclass
 
@@ -75,7 +76,9 @@ class ConvEncoder(nn.Module):
             c = c_out
         self.body = nn.Sequential(*layers, nn.Flatten())
         side = image_shape[1] // 2 ** len(_conv_channels(image_shape))
-        self.head = nn.Sequential(nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent_dim))
+        self.head = nn.Sequential(
+            nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent_dim)
+        )
 
     def forward(self, x, cond):
         # (B,K) -> (B,K,H,W): the one-hot label tiled over the image
@@ -141,17 +144,22 @@ class ModelConfig:
             raise ValueError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
         if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
-        for name, value, choices in [("arch", self.arch, sorted(ARCHITECTURES)), ("likelihood", self.likelihood,
-                                     sorted(LIKELIHOODS)), ("conditioning", self.conditioning, CONDITIONINGS),
-                                     ("prior", self.prior, PRIORS)]:
+        for name, value, choices in [
+            ("arch", self.arch, sorted(ARCHITECTURES)),
+            ("likelihood", self.likelihood, sorted(LIKELIHOODS)),
+            ("conditioning", self.conditioning, CONDITIONINGS),
+            ("prior", self.prior, PRIORS),
+        ]:
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
         if self.prior == "learned" and self.num_classes == 0:
             raise ValueError("a learned prior p(z|y) needs labels: set num_classes > 0")
         if self.sigma is not None:
             if self.likelihood not in ("gaussian", "sigma"):
-                raise ValueError(f"sigma is a Gaussian likelihood's: it needs likelihood 'gaussian' or 'sigma', "
-                                 f"not {self.likelihood!r}")
+                raise ValueError(
+                    f"sigma is a Gaussian likelihood's: it needs likelihood 'gaussian' or 'sigma', "
+                    f"not {self.likelihood!r}"
+                )
             if not (math.isfinite(self.sigma) and self.sigma > 0):
                 raise ValueError(f"sigma must be positive, got {self.sigma!r}")
 
@@ -163,8 +171,17 @@ class CVAE(nn.Module):
     a checkpoint can rebuild the model (``build_model(**asdict(model.config))``).
     """
 
-    def __init__(self, image_shape=(1, 28, 28), num_classes=10, latent_dim=16, arch="mlp",
-                 likelihood="bernoulli", conditioning="concat", prior="standard", sigma=None):
+    def __init__(
+        self,
+        image_shape=(1, 28, 28),
+        num_classes=10,
+        latent_dim=16,
+        arch="mlp",
+        likelihood="bernoulli",
+        conditioning="concat",
+        prior="standard",
+        sigma=None,
+    ):
         super().__init__()
         self.config = ModelConfig(image_shape, num_classes, latent_dim, arch, likelihood, conditioning, prior, sigma)
         image_shape = self.config.image_shape
@@ -181,7 +198,7 @@ class CVAE(nn.Module):
         if self.prior_params is not None:
             nn.init.zeros_(self.prior_params.weight)
 
-    def one_hot(self, y):
+    def one_hot(self, y: torch.Tensor | None) -> torch.Tensor | None:
         """Check labels and one-hot them: (B,) int64 -> (B, num_classes); no label for a VAE."""
         if self.num_classes == 0:
             if y is not None:
@@ -195,31 +212,35 @@ class CVAE(nn.Module):
             check_labels(y, self.num_classes)
         return F.one_hot(y.long(), self.num_classes).float()
 
-    def check_images(self, x):
+    def check_images(self, x: torch.Tensor) -> None:
         """Reject what the model cannot read: wrong shape, dtype or value range."""
         if not torch.is_floating_point(x):
             raise TypeError(f"images must be float in [0, 1], got {x.dtype}; divide uint8 images by 255")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"images must have shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}")
-        if x.device.type == "cpu" and x.numel() and (x.min() < 0 or x.max() > 1):  # elsewhere: uint8 data, in [0, 1] by construction
+            raise ValueError(
+                f"images must have shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}"
+            )
+        if (
+            x.device.type == "cpu" and x.numel() and (x.min() < 0 or x.max() > 1)
+        ):  # elsewhere: uint8 data, in [0, 1] by construction
             raise ValueError(f"image values must be in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
 
     def _empty(self, batch_size, device):
         return torch.zeros(batch_size, 0, device=device)
 
-    def encode(self, x, y=None):
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x,y): images (B,C,H,W) in [0, 1] -> mu, logvar, each (B, latent_dim)."""
         self.check_images(x)
         onehot = self.one_hot(y)
         return self.encoder(x, self._empty(len(x), x.device) if onehot is None else onehot)
 
-    def prior(self, y=None):
+    def prior(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """p(z|y) as (mu, logvar), or (None, None) for the standard normal N(0, I)."""
         if self.prior_params is None:
             return None, None
         return self.prior_params(y).chunk(2, dim=1)
 
-    def decode_params(self, z, y=None):
+    def decode_params(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(x|z,y): z (B,D) -> the likelihood's raw parameters (B, P*C, H, W)."""
         onehot = self.one_hot(y)
         if onehot is None:
@@ -228,25 +249,35 @@ class CVAE(nn.Module):
             return self.decoder(z + self.label_projection(y), self._empty(len(z), z.device))
         return self.decoder(z, onehot)
 
-    def decode(self, z, y=None):
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decoded images x_hat in [0, 1], (B,C,H,W): the mean of p(x|z,y)."""
         return self.likelihood.mean(self.decode_params(z, y))
 
     @staticmethod
-    def reparameterize(mu, logvar):
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """z = mu + sigma * eps with eps ~ N(0, I): differentiable in mu and logvar."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    def forward(self, x, y=None):
-        """Encode, sample z, decode: a dict with params, x_hat, mu, logvar, z and prior."""
-        mu, logvar = self.encode(x, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+        """Encode, sample z, decode: a dict with params, x_hat, mu, logvar, z and prior.
+
+        The outputs are float32 even under bfloat16 autocast, so that the likelihood and the KL
+        computed from them keep their digits (autocast lowers only the layers' matrix products).
+        """
+        mu, logvar = (t.float() for t in self.encode(x, y))
         z = self.reparameterize(mu, logvar)
-        params = self.decode_params(z, y)
-        return {"params": params, "x_hat": self.likelihood.mean(params), "mu": mu, "logvar": logvar, "z": z,
-                "prior": self.prior(y)}
+        params = self.decode_params(z, y).float()
+        return {
+            "params": params,
+            "x_hat": self.likelihood.mean(params),
+            "mu": mu,
+            "logvar": logvar,
+            "z": z,
+            "prior": self.prior(y),
+        }
 
     @torch.no_grad()
-    def sample(self, labels=None, num_samples=None):
+    def sample(self, labels: torch.Tensor | None = None, num_samples: int | None = None) -> torch.Tensor:
         """Draw z from the prior and decode: float images in [0, 1], (N,C,H,W) (chapter 2).
 
         A CVAE takes ``labels`` (N,); a VAE takes ``num_samples``.
@@ -257,8 +288,10 @@ class CVAE(nn.Module):
                 raise ValueError("a CVAE samples per label: pass labels, e.g. torch.arange(10)")
             labels = torch.as_tensor(labels)
             if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
-                raise TypeError(f"labels must be a 1-d tensor of ints in [0, {self.num_classes}), got {labels.dtype} "
-                                f"of shape {tuple(labels.shape)}")
+                raise TypeError(
+                    f"labels must be a 1-d tensor of ints in [0, {self.num_classes}), got {labels.dtype} "
+                    f"of shape {tuple(labels.shape)}"
+                )
             check_labels(labels, self.num_classes)
             labels = labels.to(device)
             num_samples = len(labels)
@@ -273,7 +306,7 @@ class CVAE(nn.Module):
         return self.decode(z, labels)
 
 
-def VAE(**kwargs):
+def VAE(**kwargs) -> CVAE:
     """A plain VAE: the CVAE with no label (chapter 1)."""
     return CVAE(num_classes=0, **kwargs)
 

@@ -1,4 +1,5 @@
 """Figures of the course. Every function returns a matplotlib Figure (chapters 1-4)."""
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -148,8 +149,15 @@ def confusion(matrix, class_names, title="Requested vs judged class"):
     im = ax.imshow(matrix, cmap="Blues")
     for i in range(len(matrix)):
         for j in range(len(matrix)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=45, ha="right")
     ax.set_yticks(ticks, class_names)

@@ -3,6 +3,7 @@
 ``RemedyLoss`` is a drop-in ``loss_fn`` for ``fit`` that combines them; each piece is also
 a plain function so that the chapter can show and test it alone.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import torch
 from .losses import GaussianLikelihood, gaussian_kl
 
 
-def beta_schedule(kind, progress, warmup=1.0, cycles=4, ratio=0.5):
+def beta_schedule(kind: str, progress: float, warmup: float = 1.0, cycles: int = 4, ratio: float = 0.5) -> float:
     """The KL weight at ``progress`` (epochs done, a float) for a schedule (chapter 4).
 
     - ``"constant"``: 1.
@@ -29,7 +30,7 @@ def beta_schedule(kind, progress, warmup=1.0, cycles=4, ratio=0.5):
     raise ValueError(f"unknown beta schedule {kind!r}; choose constant, linear or cyclical")
 
 
-def free_bits(kl_per_dim, threshold, group_sizes=None):
+def free_bits(kl_per_dim: torch.Tensor, threshold: float, group_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
     """Free bits (Kingma et al. 2016): each dimension (or group) pays at least ``threshold`` nats.
 
     ``kl_per_dim`` (B, D) -> a (B,) KL in which every dimension's (or group's) batch-mean KL
@@ -42,14 +43,14 @@ def free_bits(kl_per_dim, threshold, group_sizes=None):
     return floored.sum(1)
 
 
-def group_kl(kl_per_dim, group_sizes):
+def group_kl(kl_per_dim: torch.Tensor, group_sizes: tuple[int, ...]) -> torch.Tensor:
     """Sum a (B, D) KL over consecutive groups of dimensions: (B, G)."""
     if sum(group_sizes) != kl_per_dim.shape[1]:
         raise ValueError(f"group sizes {tuple(group_sizes)} do not add up to the latent size {kl_per_dim.shape[1]}")
     return torch.stack([part.sum(1) for part in kl_per_dim.split(list(group_sizes), dim=1)], dim=1)
 
 
-def group_balance_weights(kl_groups, group_sizes):
+def group_balance_weights(kl_groups: torch.Tensor, group_sizes: tuple[int, ...]) -> torch.Tensor:
     """NVAE's KL balancing across groups (Vahdat & Kautz 2020): detached weights of mean 1.
 
     Each group's weight is proportional to its batch-mean KL divided by its size (plus 0.01
@@ -61,12 +62,14 @@ def group_balance_weights(kl_groups, group_sizes):
     return (weights / weights.mean()).detach()
 
 
-def optimal_sigma(x, mean):
+def optimal_sigma(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """sigma-VAE's optimal shared sigma (Rybkin et al. 2021): the root mean squared error."""
     return ((x - mean) ** 2).mean().sqrt().clamp(min=1e-3).detach()
 
 
-def balanced_kl(mu, logvar, prior_mu, prior_logvar, alpha=0.8):
+def balanced_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor, alpha: float = 0.8
+) -> torch.Tensor:
     """DreamerV2's KL balancing between posterior and a learned prior (Hafner et al. 2021).
 
     alpha * KL(stopgrad(q) || p) + (1 - alpha) * KL(q || stopgrad(p)), per dimension (B, D).
@@ -154,7 +157,9 @@ class RemedyLoss:
         """-log p(x|z) under the sigma-VAE's shared sigma: the batch's best while training, the stored one else."""
         likelihood = model.likelihood
         if not isinstance(likelihood, GaussianLikelihood) or isinstance(likelihood.log_sigma, torch.nn.Parameter):
-            raise ValueError("sigma='optimal' needs a fixed-sigma Gaussian decoder: build the model with likelihood='gaussian'")
+            raise ValueError(
+                "sigma='optimal' needs a fixed-sigma Gaussian decoder: build the model with likelihood='gaussian'"
+            )
         if not model.training:
             return -likelihood.log_prob(mean, x)
         sigma = optimal_sigma(x, mean)
@@ -189,11 +194,19 @@ class RemedyLoss:
             penalty = kl
         if model.training:
             self.step += 1
-        return {"loss": (recon + weight * penalty).mean(), "recon": recon.mean(), "kl": kl.mean(),
-                "nelbo": (recon + kl).mean(), "beta": recon.new_tensor(weight), "kl_per_dim": kl_per_dim.mean(0)}
+        return {
+            "loss": (recon + weight * penalty).mean(),
+            "recon": recon.mean(),
+            "kl": kl.mean(),
+            "nelbo": (recon + kl).mean(),
+            "beta": recon.new_tensor(weight),
+            "kl_per_dim": kl_per_dim.mean(0),
+        }
 
 
-def chapter_settings(num_epochs, collapse_beta=300.0, free_bits=0.5, group_sizes=(16, 48)):
+def chapter_settings(
+    num_epochs: int, collapse_beta: float = 300.0, free_bits: float = 0.5, group_sizes: tuple[int, int] = (16, 48)
+) -> dict:
     """Likelihood and ``RemedyLoss`` arguments of every model compared in chapter 4.
 
     Warm-ups last the first third of ``num_epochs``; cyclical annealing runs its cycles over
@@ -201,14 +214,16 @@ def chapter_settings(num_epochs, collapse_beta=300.0, free_bits=0.5, group_sizes
     """
     warmup = num_epochs / 3
     return {
-        "constant":      dict(likelihood="logistic", loss=dict(beta=1.0)),
-        "collapse":      dict(likelihood="logistic", loss=dict(beta=collapse_beta)),
-        "linear":        dict(likelihood="logistic", loss=dict(schedule="linear", warmup=warmup)),
-        "cyclical":      dict(likelihood="logistic", loss=dict(schedule="cyclical", warmup=num_epochs)),
-        "free_bits":     dict(likelihood="logistic", loss=dict(free_bits=free_bits)),
-        "sigma_vae":     dict(likelihood="gaussian", loss=dict(sigma="optimal")),
-        "kl_balance":    dict(likelihood="logistic", loss=dict(kl_balance=0.8)),
-        "group_balance": dict(likelihood="logistic", loss=dict(group_sizes=tuple(group_sizes), group_balance=True,
-                                                               schedule="linear", warmup=warmup)),
-        "beta_1e-5":     dict(likelihood="logistic", loss=dict(beta=1e-5)),
+        "constant": dict(likelihood="logistic", loss=dict(beta=1.0)),
+        "collapse": dict(likelihood="logistic", loss=dict(beta=collapse_beta)),
+        "linear": dict(likelihood="logistic", loss=dict(schedule="linear", warmup=warmup)),
+        "cyclical": dict(likelihood="logistic", loss=dict(schedule="cyclical", warmup=num_epochs)),
+        "free_bits": dict(likelihood="logistic", loss=dict(free_bits=free_bits)),
+        "sigma_vae": dict(likelihood="gaussian", loss=dict(sigma="optimal")),
+        "kl_balance": dict(likelihood="logistic", loss=dict(kl_balance=0.8)),
+        "group_balance": dict(
+            likelihood="logistic",
+            loss=dict(group_sizes=tuple(group_sizes), group_balance=True, schedule="linear", warmup=warmup),
+        ),
+        "beta_1e-5": dict(likelihood="logistic", loss=dict(beta=1e-5)),
     }

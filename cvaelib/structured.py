@@ -9,6 +9,7 @@ per image, so the numbers compare with the published table. Two models:
 - ``StructuredCVAE``: a prior network p(z|x), a recognition network q(z|x,y) and a
   generation network p(y|x,z).
 """
+
 import math
 
 import matplotlib.pyplot as plt
@@ -64,8 +65,9 @@ def masked_log_prob(logits, y, mask):
 
 def _mlp(in_features, hidden, out_features):
     """in -> hidden -> hidden -> out with ReLUs: the 500-500 networks of the paper."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, out_features))
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
+    )
 
 
 class BaselineNet(nn.Module):
@@ -124,6 +126,11 @@ def baseline_nll(model, x, y, mask):
     return {"loss": nll.mean(), "nll": nll.mean(), "nll_per_image": nll}
 
 
+def _repeat(t, num_samples):
+    """(B, ...) -> (S*B, ...): the batch once per sample, to decode S samples of z at once."""
+    return t.expand(num_samples, *t.shape).flatten(0, 1)
+
+
 def negative_elbo(model, x, y, mask, num_samples=1):
     """-ELBO = -E_q[log p(y|x,z)] + KL(q(z|x,y) || p(z|x)), nats over missing pixels (chapter 5).
 
@@ -133,13 +140,18 @@ def negative_elbo(model, x, y, mask, num_samples=1):
     mu, logvar = model.encode(x, y)  # q(z|x,y), (B, D) each
     prior_mu, prior_logvar = model.prior(x)  # p(z|x), (B, D) each
     z = mu + torch.exp(0.5 * logvar) * torch.randn(num_samples, *mu.shape, device=mu.device)  # (S, B, D)
-    expand = lambda t: t.expand(num_samples, *t.shape).flatten(0, 1)  # (B, ...) -> (S*B, ...)
-    log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), expand(x)), expand(y), expand(mask))  # (S*B,)
+    x_s, y_s, mask_s = (_repeat(t, num_samples) for t in (x, y, mask))
+    log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), x_s), y_s, mask_s)  # (S*B,)
     recon = -log_p.view(num_samples, -1).mean(0)  # (B,)
     kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar).sum(dim=1)  # (B,)
     nelbo = recon + kl
-    return {"loss": nelbo.mean(), "recon": recon.mean(), "kl": kl.mean(), "nelbo": nelbo.mean(),
-            "nelbo_per_image": nelbo}
+    return {
+        "loss": nelbo.mean(),
+        "recon": recon.mean(),
+        "kl": kl.mean(),
+        "nelbo": nelbo.mean(),
+        "nelbo_per_image": nelbo,
+    }
 
 
 @torch.no_grad()
@@ -158,8 +170,8 @@ def importance_nll(model, x, y, mask, k=100, chunk=100):
     for start in range(0, k, chunk):
         s = min(chunk, k - start)
         z, log_qz = sample_with_log_prob(mu, logvar, s)  # (s, B, D), (s, B)
-        expand = lambda t: t.expand(s, *t.shape).flatten(0, 1)  # (B, ...) -> (s*B, ...)
-        log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), expand(x)), expand(y), expand(mask))
+        x_s, y_s, mask_s = (_repeat(t, s) for t in (x, y, mask))
+        log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), x_s), y_s, mask_s)
         log_w.append(log_p.view(s, -1) + gaussian_log_prob(z, prior_mu, prior_logvar) - log_qz)
     log_w = torch.cat(log_w)  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
@@ -191,8 +203,10 @@ def evaluate(model, batches, num_given, num_samples=10, k=100):
         if isinstance(model, BaselineNet):
             parts = {"nll": baseline_nll(model, x, y, mask)["nll_per_image"]}
         else:
-            parts = {"nelbo": negative_elbo(model, x, y, mask, num_samples)["nelbo_per_image"],
-                     "nll": importance_nll(model, x, y, mask, k)}
+            parts = {
+                "nelbo": negative_elbo(model, x, y, mask, num_samples)["nelbo_per_image"],
+                "nll": importance_nll(model, x, y, mask, k),
+            }
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value.sum())
         n += len(images)
@@ -211,7 +225,10 @@ def completion_figure(images, num_given, baseline, cvae, num_samples=3, title=No
     """
     device = next(baseline.parameters()).device
     x, y, mask = split_quadrants(images.to(device), num_given)  # (N,1,28,28) each
-    keep = lambda y_hat: x * (1 - mask) + y_hat * mask  # given pixels from x, predicted ones from y_hat
+
+    def keep(y_hat):  # given pixels from x, predicted ones from y_hat
+        return x * (1 - mask) + y_hat * mask
+
     rows = [("Inputs", show_input(x)), ("Truth", images.to(device)), ("NN", keep(baseline.predict(x)))]
     samples = cvae.predict(x, num_samples)  # (S, N, 1, 28, 28)
     rows += [(f"CVAE sample {s + 1}", keep(samples[s])) for s in range(num_samples)]

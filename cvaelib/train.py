@@ -78,8 +78,12 @@ def _rng_state() -> dict:
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available():
@@ -90,7 +94,9 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -106,18 +112,45 @@ def _all_finite(model):
     return torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
 
 
-def _check_finite(rows, names, epoch, first_step, checkpoint):
-    """Raise on the first step whose loss parts or parameters are not finite. ``rows``: (steps, parts + 1)."""
-    bad_steps = (~torch.isfinite(rows[:, :-1])).any(dim=1) | (rows[:, -1] == 0)
-    if bad_steps.any():
-        i = int(bad_steps.nonzero()[0])
-        bad = {k: float(v) for k, v in zip(names, rows[i]) if not math.isfinite(v)}
-        what = ", ".join(f"{k}={v}" for k, v in bad.items()) or "the parameters are no longer finite"
-        kept = f" The last good checkpoint, {checkpoint}, is kept." if checkpoint and Path(checkpoint).exists() else ""
-        raise FloatingPointError(
-            f"training diverged: non-finite loss at epoch {epoch + 1}, step {first_step + i + 1}: {what}.{kept}"
-            " Try a lower learning rate (lr) or gradient clipping (clip_grad)."
-        )
+class _EpochTotals:
+    """An epoch's loss parts, kept on the device and copied to the host every few steps (a GPU waits at each copy).
+
+    Each copy is checked: the first step whose loss parts, or whose parameters after the update, are not
+    finite stops training with an error that names it, before anything is saved.
+    """
+
+    def __init__(self, epoch, checkpoint):
+        self.epoch, self.checkpoint = epoch, checkpoint
+        self.names, self.pending, self.totals, self.n, self.steps = None, [], 0.0, 0, 0
+
+    def add(self, parts, model, size):
+        self.names = self.names or list(parts)
+        flags = [parts[k].detach().float() for k in self.names] + [_all_finite(model).float()]
+        self.pending.append((torch.stack(flags), size))  # (parts + 1,): no host sync here
+        self.n += size
+
+    def flush(self):
+        """Copy the pending steps to the host, check them and add them to the totals."""
+        if not self.pending:
+            return
+        rows = torch.stack([flags for flags, _ in self.pending]).cpu()  # (steps, parts + finite flag)
+        bad_steps = (~torch.isfinite(rows[:, :-1])).any(dim=1) | (rows[:, -1] == 0)
+        if bad_steps.any():
+            i = int(bad_steps.nonzero()[0])
+            bad = {k: float(v) for k, v in zip(self.names, rows[i]) if not math.isfinite(v)}
+            what = ", ".join(f"{k}={v}" for k, v in bad.items()) or "the parameters are no longer finite"
+            path = self.checkpoint
+            kept = f" The last good checkpoint, {path}, is kept." if path and Path(path).exists() else ""
+            raise FloatingPointError(
+                f"training diverged: non-finite loss at epoch {self.epoch + 1}, step {self.steps + i + 1}: {what}."
+                f"{kept} Try a lower learning rate (lr) or gradient clipping (clip_grad)."
+            )
+        sizes = torch.tensor([size for _, size in self.pending], dtype=rows.dtype)
+        self.totals = self.totals + (rows[:, :-1] * sizes[:, None]).sum(0)
+        self.steps, self.pending = self.steps + len(rows), []
+
+    def means(self):
+        return {k: float(v) / self.n for k, v in zip(self.names, self.totals)}
 
 
 @torch.no_grad()
@@ -139,17 +172,32 @@ def _resume(checkpoint, meta, model, optimizer):
     """Load a saved run into ``model`` and ``optimizer``; its history and the epoch to start from."""
     state = read_checkpoint(checkpoint)
     if meta is not None and state.get("meta") != meta:  # never resume (and overwrite) another run
-        raise ValueError(f"{checkpoint} holds a checkpoint of another model or setting; "
-                         "choose another checkpoint path, or delete it to start over")
+        raise ValueError(
+            f"{checkpoint} holds a checkpoint of another model or setting; "
+            "choose another checkpoint path, or delete it to start over"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
     return state["history"], state["epoch"]
 
 
-def fit(model: nn.Module, loss_fn, train_batches, num_epochs: int, *, test_batches=None,
-        config: TrainConfig = TrainConfig(), speed: SpeedConfig = SpeedConfig(), optimizer=None, device=None,
-        checkpoint=None, meta: dict | None = None, progress: bool = True, max_minutes: float | None = None) -> list:
+def fit(
+    model: nn.Module,
+    loss_fn,
+    train_batches,
+    num_epochs: int,
+    *,
+    test_batches=None,
+    config: TrainConfig = TrainConfig(),
+    speed: SpeedConfig = SpeedConfig(),
+    optimizer=None,
+    device=None,
+    checkpoint=None,
+    meta: dict | None = None,
+    progress: bool = True,
+    max_minutes: float | None = None,
+) -> list:
     """Train ``model`` for ``num_epochs`` and return the per-epoch history (chapters 1-5).
 
     Each history entry holds the epoch and the mean of every scalar loss part on train
@@ -208,33 +256,20 @@ def fit(model: nn.Module, loss_fn, train_batches, num_epochs: int, *, test_batch
             if hasattr(thing, "set_epoch"):
                 thing.set_epoch(epoch)
         model.train()
-        names, totals, pending, n, skipped = None, 0.0, [], 0, 0
-
-        def flush(last_step):
-            """Copy pending loss parts to the host, check them, add them to the totals."""
-            nonlocal totals, pending
-            rows = torch.stack([parts for parts, _ in pending]).cpu()  # (steps, parts + finite flag)
-            _check_finite(rows, names, epoch, last_step - len(pending) + 1, checkpoint)
-            sizes = torch.tensor([size for _, size in pending], dtype=rows.dtype)
-            totals, pending = totals + (rows[:, :-1] * sizes[:, None]).sum(0), []
-            bar.set_postfix({k: f"{float(v) / n:.2f}" for k, v in zip(names, totals)})
-
+        totals, skipped = _EpochTotals(epoch, checkpoint), 0
         bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
+        for x, y in bar:
             x, y = to_device(x, y)
             parts = losses(x, y)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             skipped += step_update()
-            names = names or list(parts)
-            flags = [parts[k].detach().float() for k in names] + [_all_finite(model).float()]
-            pending.append((torch.stack(flags), len(x)))
-            n += len(x)
-            if len(pending) == speed.sync_every:
-                flush(step)
-        if pending:
-            flush(step)
-        record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / n for k, v in zip(names, totals)}}
+            totals.add(parts, model, len(x))
+            if len(totals.pending) == speed.sync_every:
+                totals.flush()
+                bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
+        totals.flush()
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
         if config.skip_grad_norm is not None:
             record["skipped_updates"] = skipped
         if test_batches is not None:
@@ -244,11 +279,20 @@ def fit(model: nn.Module, loss_fn, train_batches, num_epochs: int, *, test_batch
         if progress:
             tqdm.write("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            history=history, epoch=epoch + 1, rng=_rng_state(), meta=meta or {})
+            save_checkpoint(
+                checkpoint,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                history=history,
+                epoch=epoch + 1,
+                rng=_rng_state(),
+                meta=meta or {},
+            )
         if max_minutes is not None and time.monotonic() - started > 60 * max_minutes and epoch + 1 < num_epochs:
             if progress:
-                tqdm.write(f"stopped after {max_minutes:g} minutes, at epoch {epoch + 1} of {num_epochs}"
-                           + (f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""))
+                tqdm.write(
+                    f"stopped after {max_minutes:g} minutes, at epoch {epoch + 1} of {num_epochs}"
+                    + (f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else "")
+                )
             break
     return history

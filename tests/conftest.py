@@ -22,8 +22,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _has_real_data(root):
-    return bool(root) and all((Path(root) / name / f"{split}.npz").exists()
-                              for name in data.DATASETS for split in data.SPLITS)
+    return bool(root) and all(
+        (Path(root) / name / f"{split}.npz").exists() for name in data.DATASETS for split in data.SPLITS
+    )
 
 
 def write_synthetic(root, train_per_class=120, test_per_class=600, seed=0):
@@ -43,8 +44,8 @@ def write_synthetic(root, train_per_class=120, test_per_class=600, seed=0):
             for i, label in enumerate(labels):
                 # a bar whose place says the class, and a wide one in one of four places: something for z to encode
                 row, col = 2 + 2 * label, 3 + 6 * rng.integers(0, 4)
-                images[i, label % c, row:row + 2, 2:-2] = 200
-                images[i, :, :, col:col + 6] = 255
+                images[i, label % c, row : row + 2, 2:-2] = 200
+                images[i, :, :, col : col + 6] = 255
             (root / name).mkdir(parents=True, exist_ok=True)
             np.savez(root / name / f"{split}.npz", images=images.clip(0, 255).astype(np.uint8), labels=labels)
     return root

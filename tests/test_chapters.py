@@ -1,4 +1,5 @@
 """The chapters' sources: .md only (the .ipynb are generated), all in the table of contents, well formed."""
+
 import shutil
 import subprocess
 from pathlib import Path

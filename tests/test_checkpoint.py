@@ -1,4 +1,5 @@
 """No file the course opens may run code: every path that reads a checkpoint refuses a crafted one."""
+
 import os
 
 import pytest
@@ -28,8 +29,9 @@ def malicious(tmp_path):
     marker = tmp_path / "the_command_ran"
     path = tmp_path / "evil.pt"
     model = CVAE(latent_dim=2)
-    torch.save({"model": model.state_dict(), "meta": META, "epoch": 1, "history": [], "payload": RunsACommand(marker)},
-               path)
+    torch.save(
+        {"model": model.state_dict(), "meta": META, "epoch": 1, "history": [], "payload": RunsACommand(marker)}, path
+    )
     return path, marker
 
 
@@ -43,9 +45,11 @@ def test_every_path_refuses_a_checkpoint_that_would_run_code(malicious, tmp_path
     batches = data.Batches(*data.stratified_subset(x, y, 2), 10)
     with pytest.raises(CheckpointError):  # resuming a run from it
         fit(CVAE(latent_dim=2), elbo, batches, 1, device="cpu", checkpoint=path, progress=False)
-    for argv in (["sample", "--checkpoint", str(path), "--out", str(tmp_path / "s.npz")],
-                 ["evaluate", "--checkpoint", str(path), "--data-root", data_root],
-                 ["train", "--dataset", "mnist", "--out", str(path), "--data-root", data_root, "--no-progress"]):
+    for argv in (
+        ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "s.npz")],
+        ["evaluate", "--checkpoint", str(path), "--data-root", data_root],
+        ["train", "--dataset", "mnist", "--out", str(path), "--data-root", data_root, "--no-progress"],
+    ):
         with pytest.raises(SystemExit) as exit:
             main(argv)
         assert "could run code" in str(exit.value.code) and str(exit.value.code).count("\n") == 0
@@ -55,8 +59,9 @@ def test_every_path_refuses_a_checkpoint_that_would_run_code(malicious, tmp_path
 def test_a_real_checkpoint_loads_with_weights_only(mnist_subset, tmp_path):
     x, y, _, _ = mnist_subset
     path = tmp_path / "m.pt"
-    fit(CVAE(**META["model"]), elbo, data.Batches(x, y, 50), 1, device="cpu", checkpoint=path, meta=META,
-        progress=False)
+    fit(
+        CVAE(**META["model"]), elbo, data.Batches(x, y, 50), 1, device="cpu", checkpoint=path, meta=META, progress=False
+    )
     state = torch.load(path, weights_only=True)  # random states included: tensors, numbers and lists
     assert set(state) >= {"model", "optimizer", "history", "epoch", "rng", "meta"}
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
@@ -76,5 +81,7 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_missing_checkpoint_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as exit:
         main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
-    assert str(exit.value.code) == f"error: no checkpoint at {tmp_path / 'nope.pt'}; train one with " \
-                                   f"`python -m cvaelib train --out {tmp_path / 'nope.pt'}`"
+    assert (
+        str(exit.value.code) == f"error: no checkpoint at {tmp_path / 'nope.pt'}; train one with "
+        f"`python -m cvaelib train --out {tmp_path / 'nope.pt'}`"
+    )

@@ -1,4 +1,5 @@
 """The classroom pipeline: otter assign, then grade solution, blank and wrong submissions with otter run."""
+
 import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -55,12 +56,14 @@ def test_blank_and_wrong_submissions_lose_points_and_name_the_question(built, tm
     # One function broken: sigma = exp(logvar) instead of exp(0.5 * logvar).
     wrong = tmp_path / "wrong" / "01_vae_mnist.ipynb"
     wrong.parent.mkdir()
-    wrong.write_text(solution.replace("torch.exp(0.5 * logvar) * torch.randn_like(mu)",
-                                      "torch.exp(logvar) * torch.randn_like(mu)"))
+    wrong.write_text(
+        solution.replace("torch.exp(0.5 * logvar) * torch.randn_like(mu)", "torch.exp(logvar) * torch.randn_like(mu)")
+    )
     assert wrong.read_text() != solution
     with ThreadPoolExecutor(2) as pool:
-        wrong_results, blank_results = pool.map(lambda nb: classroom.grade(nb, paths["autograder"]),
-                                                [wrong, paths["student"]])
+        wrong_results, blank_results = pool.map(
+            lambda nb: classroom.grade(nb, paths["autograder"]), [wrong, paths["student"]]
+        )
 
     assert 0 < wrong_results["score"] < wrong_results["possible"]
     assert classroom.failing_questions(wrong_results) == ["q1_reparameterize"]

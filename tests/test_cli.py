@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from cvaelib import load_checkpoint
 from cvaelib.cli import main
@@ -13,8 +13,26 @@ from cvaelib.cli import main
 
 def test_train_sample_evaluate_end_to_end(data_root, tmp_path, capsys):
     ckpt = tmp_path / "cvae.pt"
-    main(["train", "--dataset", "mnist", "--epochs", "1", "--subset", "30", "--latent-dim", "4",
-          "--out", str(ckpt), "--device", "cpu", "--no-progress", "--data-root", data_root])
+    main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--epochs",
+            "1",
+            "--subset",
+            "30",
+            "--latent-dim",
+            "4",
+            "--out",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--data-root",
+            data_root,
+        ]
+    )
     figures = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
     assert 0 < figures["test_negative_elbo_nats"] < 600  # 784 pixels; an untrained model is ~540
     model = load_checkpoint(ckpt)
@@ -28,8 +46,7 @@ def test_train_sample_evaluate_end_to_end(data_root, tmp_path, capsys):
         assert f["labels"].dtype == np.int64 and f["labels"].tolist() == sorted(list(range(10)) * 3)
 
     capsys.readouterr()
-    main(["evaluate", "--checkpoint", str(ckpt), "--k", "3", "--n", "100", "--device", "cpu",
-          "--data-root", data_root])
+    main(["evaluate", "--checkpoint", str(ckpt), "--k", "3", "--n", "100", "--device", "cpu", "--data-root", data_root])
     result = json.loads(capsys.readouterr().out)
     for key in ("negative_elbo_nats", "bits_per_dim", "iwae_nats", "active_units", "mutual_information_nats"):
         assert key in result
@@ -38,8 +55,22 @@ def test_train_sample_evaluate_end_to_end(data_root, tmp_path, capsys):
 
 def test_train_refuses_to_resume_a_different_model(data_root, tmp_path):
     ckpt = tmp_path / "m.pt"
-    args = ["train", "--dataset", "mnist", "--epochs", "1", "--subset", "10", "--out", str(ckpt),
-            "--device", "cpu", "--no-progress", "--data-root", data_root]
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--epochs",
+        "1",
+        "--subset",
+        "10",
+        "--out",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--data-root",
+        data_root,
+    ]
     main(args + ["--latent-dim", "2"])
     with pytest.raises(SystemExit, match="holds a checkpoint of a different model"):
         main(args + ["--latent-dim", "3"])
@@ -47,9 +78,21 @@ def test_train_refuses_to_resume_a_different_model(data_root, tmp_path):
 
 
 def test_python_dash_m_runs(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "cvaelib", "sample", "--checkpoint", str(tmp_path / "no.pt"),
-                             "--out", str(tmp_path / "s.npz")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cvaelib",
+            "sample",
+            "--checkpoint",
+            str(tmp_path / "no.pt"),
+            "--out",
+            str(tmp_path / "s.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode != 0
     assert "no checkpoint at" in result.stderr and "python -m cvaelib train" in result.stderr
 
@@ -63,54 +106,84 @@ def test_not_a_checkpoint_is_named(tmp_path):
 
 def test_train_cifar_with_remedies_reports_bits_per_dim(data_root, tmp_path, capsys):
     ckpt = tmp_path / "cifar.pt"
-    main(["train", "--dataset", "cifar10", "--epochs", "1", "--subset", "4", "--latent-dim", "8", "--out", str(ckpt),
-          "--schedule", "linear", "--kl-balance", "0.8", "--free-bits", "0.1", "--device", "cpu", "--no-progress",
-          "--data-root", data_root])
+    main(
+        [
+            "train",
+            "--dataset",
+            "cifar10",
+            "--epochs",
+            "1",
+            "--subset",
+            "4",
+            "--latent-dim",
+            "8",
+            "--out",
+            str(ckpt),
+            "--schedule",
+            "linear",
+            "--kl-balance",
+            "0.8",
+            "--free-bits",
+            "0.1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--data-root",
+            data_root,
+        ]
+    )
     figures = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
     assert 3 < figures["test_bits_per_dim"] < 12
     assert load_checkpoint(ckpt).meta["remedies"]["kl_balance"] == 0.8
 
 
-@pytest.mark.parametrize("option,message", [
-    (["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
-    (["--epochs", "-1"], "argument --epochs: must be a positive integer, got '-1'"),
-    (["--latent-dim", "0"], "argument --latent-dim: must be a positive integer"),
-    (["--subset", "0"], "argument --subset: must be a positive integer"),
-    (["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
-    (["--lr", "0"], "argument --lr: must be a positive number"),
-    (["--lr", "nan"], "argument --lr: must be a positive number"),
-    (["--beta", "-1"], "argument --beta: must be a non-negative number"),
-    (["--warmup", "0"], "argument --warmup: must be a positive number"),
-    (["--free-bits", "-0.1"], "argument --free-bits: must be a non-negative number"),
-    (["--kl-balance", "1.5"], r"argument --kl-balance: must be a number in \[0, 1\]"),
-    (["--clip-grad", "0"], "argument --clip-grad: must be a positive number"),
-    (["--max-minutes", "0"], "argument --max-minutes: must be a positive number"),
-    (["--seed", "-3"], "argument --seed: must be a non-negative integer"),
-    (["--sigma", "0.5"], "--sigma needs --likelihood gaussian or sigma"),
-    (["--likelihood", "gaussian", "--sigma", "0"], "argument --sigma: must be a positive number"),
-    (["--optimal-sigma"], "--optimal-sigma needs --likelihood gaussian"),
-    (["--group-balance"], "--group-balance needs --group-sizes"),
-    (["--group-sizes", "4", "4"], "--group-sizes 4 4 must add up to the latent size 16"),
-    (["--group-sizes", "0", "16"], "argument --group-sizes: must be a positive integer"),
-    (["--kl-balance", "0.8", "--prior", "standard"], "--kl-balance needs the learned prior"),
-    (["--model", "vae", "--prior", "learned"], "--prior learned needs --model cvae"),
-])
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
+        (["--epochs", "-1"], "argument --epochs: must be a positive integer, got '-1'"),
+        (["--latent-dim", "0"], "argument --latent-dim: must be a positive integer"),
+        (["--subset", "0"], "argument --subset: must be a positive integer"),
+        (["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
+        (["--lr", "0"], "argument --lr: must be a positive number"),
+        (["--lr", "nan"], "argument --lr: must be a positive number"),
+        (["--beta", "-1"], "argument --beta: must be a non-negative number"),
+        (["--warmup", "0"], "argument --warmup: must be a positive number"),
+        (["--free-bits", "-0.1"], "argument --free-bits: must be a non-negative number"),
+        (["--kl-balance", "1.5"], r"argument --kl-balance: must be a number in \[0, 1\]"),
+        (["--clip-grad", "0"], "argument --clip-grad: must be a positive number"),
+        (["--max-minutes", "0"], "argument --max-minutes: must be a positive number"),
+        (["--seed", "-3"], "argument --seed: must be a non-negative integer"),
+        (["--sigma", "0.5"], "--sigma needs --likelihood gaussian or sigma"),
+        (["--likelihood", "gaussian", "--sigma", "0"], "argument --sigma: must be a positive number"),
+        (["--optimal-sigma"], "--optimal-sigma needs --likelihood gaussian"),
+        (["--group-balance"], "--group-balance needs --group-sizes"),
+        (["--group-sizes", "4", "4"], "--group-sizes 4 4 must add up to the latent size 16"),
+        (["--group-sizes", "0", "16"], "argument --group-sizes: must be a positive integer"),
+        (["--kl-balance", "0.8", "--prior", "standard"], "--kl-balance needs the learned prior"),
+        (["--model", "vae", "--prior", "learned"], "--prior learned needs --model cvae"),
+    ],
+)
 def test_bad_train_options_are_refused_before_any_work(option, message, tmp_path, capsys):
     out = tmp_path / "m.pt"
     with pytest.raises(SystemExit) as exit:
         main(["train", "--dataset", "mnist", "--out", str(out), "--data-root", str(tmp_path / "no_data")] + option)
     assert exit.value.code == 2
     import re
+
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists() and not (tmp_path / "no_data").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["sample", "--n-per-class", "-1"], "argument --n-per-class: must be a positive integer"),
-    (["sample", "--n-per-class", "0"], "argument --n-per-class: must be a positive integer"),
-    (["evaluate", "--k", "0"], "argument --k: must be a positive integer"),
-    (["evaluate", "--n", "0"], "argument --n: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["sample", "--n-per-class", "-1"], "argument --n-per-class: must be a positive integer"),
+        (["sample", "--n-per-class", "0"], "argument --n-per-class: must be a positive integer"),
+        (["evaluate", "--k", "0"], "argument --k: must be a positive integer"),
+        (["evaluate", "--n", "0"], "argument --n: must be a positive integer"),
+    ],
+)
 def test_bad_sample_and_evaluate_options_are_refused(argv, message, tmp_path, capsys):
     extra = ["--out", str(tmp_path / "s.npz")] if argv[0] == "sample" else []
     with pytest.raises(SystemExit) as exit:
@@ -122,8 +195,24 @@ def test_an_unwritable_out_is_found_before_the_first_epoch(data_root, tmp_path):
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
     with pytest.raises(SystemExit) as exit:
-        main(["train", "--dataset", "mnist", "--epochs", "1", "--subset", "2", "--out", str(blocked / "m.pt"),
-              "--device", "cpu", "--no-progress", "--data-root", data_root])
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--epochs",
+                "1",
+                "--subset",
+                "2",
+                "--out",
+                str(blocked / "m.pt"),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--data-root",
+                data_root,
+            ]
+        )
     assert "--out" in str(exit.value.code) and "cannot be written" in str(exit.value.code)
 
 
@@ -133,8 +222,24 @@ def test_max_minutes_stops_cleanly_and_a_later_run_resumes(data_root, tmp_path, 
     clock = iter(range(0, 10_000, 50))  # every call to the clock: 50 more seconds
     monkeypatch.setattr(cvaelib.train.time, "monotonic", lambda: next(clock))
     ckpt = tmp_path / "m.pt"
-    args = ["train", "--dataset", "mnist", "--epochs", "4", "--subset", "5", "--latent-dim", "2", "--out", str(ckpt),
-            "--device", "cpu", "--no-progress", "--data-root", data_root]
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--epochs",
+        "4",
+        "--subset",
+        "5",
+        "--latent-dim",
+        "2",
+        "--out",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--data-root",
+        data_root,
+    ]
     main(args + ["--max-minutes", "0.5"])  # 30 s: stops after the first epoch
     assert load_checkpoint(ckpt).meta["epoch"] == 1
     assert "(epoch 1 of 4)" in capsys.readouterr().out
@@ -148,14 +253,39 @@ def test_json_is_strict():
     from cvaelib.cli import _json
 
     assert json.loads(_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})) == {
-        "a": None, "b": [1.0, None], "c": {"d": None}}
+        "a": None,
+        "b": [1.0, None],
+        "c": {"d": None},
+    }
 
 
 def test_a_huge_learning_rate_stops_with_a_divergence_error(data_root, tmp_path):
     ckpt = tmp_path / "m.pt"
     with pytest.raises(SystemExit) as exit:
-        main(["train", "--dataset", "mnist", "--subset", "10", "--latent-dim", "2", "--out", str(ckpt), "--epochs", "3",
-              "--lr", "1e9", "--device", "cpu", "--no-progress", "--data-root", data_root, "--batch-size", "10"])
+        main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--subset",
+                "10",
+                "--latent-dim",
+                "2",
+                "--out",
+                str(ckpt),
+                "--epochs",
+                "3",
+                "--lr",
+                "1e9",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--data-root",
+                data_root,
+                "--batch-size",
+                "10",
+            ]
+        )
     assert str(exit.value.code).startswith("error: training diverged") and "lower learning rate" in str(exit.value.code)
     if ckpt.exists():  # whatever was saved before the divergence is finite
         assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt).state_dict().values())

@@ -1,4 +1,5 @@
 """The GPU paths: each test runs where CUDA is present (`pytest -m cuda`) and is skipped, with its reason, elsewhere."""
+
 import pytest
 import torch
 
@@ -15,36 +16,67 @@ def _batches(data_root, per_class=5, name="mnist"):
     return data.Batches(x, y, 25, device="cuda")
 
 
-@pytest.mark.parametrize("remedies,likelihood", [
-    (RemedyConfig(schedule="linear", warmup=2), "bernoulli"),
-    (RemedyConfig(free_bits=0.1, kl_balance=0.8), "bernoulli"),
-    (RemedyConfig(group_sizes=(2, 4), group_balance=True, schedule="linear", warmup=2), "bernoulli"),
-    (RemedyConfig(sigma="optimal"), "gaussian"),
-])
+@pytest.mark.parametrize(
+    "remedies,likelihood",
+    [
+        (RemedyConfig(schedule="linear", warmup=2), "bernoulli"),
+        (RemedyConfig(free_bits=0.1, kl_balance=0.8), "bernoulli"),
+        (RemedyConfig(group_sizes=(2, 4), group_balance=True, schedule="linear", warmup=2), "bernoulli"),
+        (RemedyConfig(sigma="optimal"), "gaussian"),
+    ],
+)
 def test_every_remedy_trains_on_cuda(data_root, remedies, likelihood):
     batches = _batches(data_root)
     model = CVAE(latent_dim=6, prior="learned", likelihood=likelihood)
-    history = fit(model, RemedyLoss(remedies, steps_per_epoch=len(batches)), batches, 2, device="cuda",
-                  test_batches=batches, progress=False)
+    history = fit(
+        model,
+        RemedyLoss(remedies, steps_per_epoch=len(batches)),
+        batches,
+        2,
+        device="cuda",
+        test_batches=batches,
+        progress=False,
+    )
     assert all(torch.isfinite(torch.tensor(h["train_nelbo"])) for h in history)
 
 
 def test_a_run_resumes_on_cuda_from_its_checkpoint(data_root, tmp_path):
     batches, path = _batches(data_root), tmp_path / "m.pt"
     meta = {"model": dict(latent_dim=4)}
-    straight = fit(CVAE(latent_dim=4), RemedyLoss(), batches, 2, device="cuda",
-                   config=TrainConfig(seed=1), progress=False)
-    fit(CVAE(latent_dim=4), RemedyLoss(), batches, 1, device="cuda", config=TrainConfig(seed=1), checkpoint=path,
-        meta=meta, progress=False)
-    resumed = fit(CVAE(latent_dim=4), RemedyLoss(), batches, 2, device="cuda", config=TrainConfig(seed=1),
-                  checkpoint=path, meta=meta, progress=False)
+    straight = fit(
+        CVAE(latent_dim=4), RemedyLoss(), batches, 2, device="cuda", config=TrainConfig(seed=1), progress=False
+    )
+    fit(
+        CVAE(latent_dim=4),
+        RemedyLoss(),
+        batches,
+        1,
+        device="cuda",
+        config=TrainConfig(seed=1),
+        checkpoint=path,
+        meta=meta,
+        progress=False,
+    )
+    resumed = fit(
+        CVAE(latent_dim=4),
+        RemedyLoss(),
+        batches,
+        2,
+        device="cuda",
+        config=TrainConfig(seed=1),
+        checkpoint=path,
+        meta=meta,
+        progress=False,
+    )
     assert len(resumed) == 2 and resumed[-1]["train_nelbo"] == pytest.approx(straight[-1]["train_nelbo"], rel=1e-3)
 
 
 def test_bf16_and_evaluation_and_sampling_on_cuda(data_root, tmp_path):
     batches = _batches(data_root, name="cifar10")
     model = CVAE(image_shape=(3, 32, 32), arch="conv", likelihood="logistic", latent_dim=8, prior="learned")
-    fit(model, RemedyLoss(), batches, 1, device="cuda", speed=SpeedConfig(bf16=True, channels_last=True), progress=False)
+    fit(
+        model, RemedyLoss(), batches, 1, device="cuda", speed=SpeedConfig(bf16=True, channels_last=True), progress=False
+    )
     figures = report(model, batches, k=4, progress=False)
     assert 0 < figures["bits_per_dim"] < 12
     samples = model.sample(torch.arange(10, device="cuda"))

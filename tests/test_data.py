@@ -62,8 +62,9 @@ def test_torchvision_path_converts_raw_files_offline(tmp_path, monkeypatch, name
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     # Fail loudly if torchvision tried the network instead of the files we wrote.
-    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive",
-                        lambda *a, **k: pytest.fail("network used"))
+    monkeypatch.setattr(
+        torchvision.datasets.mnist, "download_and_extract_archive", lambda *a, **k: pytest.fail("network used")
+    )
     x, y = data.load(name, "test", root=tmp_path)
     assert x.shape == (12, 1, 28, 28) and np.array_equal(x[:, 0].numpy(), images)
     assert np.array_equal(y.numpy(), labels)
@@ -177,9 +178,11 @@ def test_data_shapes(data_root):
 def test_labels_out_of_range_or_a_missing_class_are_named(tmp_path):
     images = np.zeros((30, 1, 28, 28), dtype=np.uint8)
     (tmp_path / "mnist").mkdir()
-    for labels, message in [(np.full(30, 255, dtype=np.uint8), r"labels must be in 0..9, got values from 255 to 255"),
-                            (np.arange(30) % 10 - 1, "labels must be in 0..9, got values from -1"),
-                            (np.arange(30) % 9, "has no image of class 9: every class must be present")]:
+    for labels, message in [
+        (np.full(30, 255, dtype=np.uint8), r"labels must be in 0..9, got values from 255 to 255"),
+        (np.arange(30) % 10 - 1, "labels must be in 0..9, got values from -1"),
+        (np.arange(30) % 9, "has no image of class 9: every class must be present"),
+    ]:
         np.savez(tmp_path / "mnist" / "train.npz", images=images, labels=labels)
         with pytest.raises(ValueError, match=message):
             data.load("mnist", "train", root=tmp_path)

@@ -4,11 +4,17 @@ import pytest
 import torch
 
 from cvaelib import CVAE, VAE, data
-from cvaelib.evaluate import (active_units, iwae_bound, kl_per_dim, mutual_information, negative_elbo,
-                              posterior_stats, report)
-from cvaelib.losses import gaussian_kl
+from cvaelib.evaluate import (
+    active_units,
+    iwae_bound,
+    kl_per_dim,
+    mutual_information,
+    negative_elbo,
+    posterior_stats,
+    report,
+)
+from cvaelib.losses import elbo, gaussian_kl
 from cvaelib.train import fit
-from cvaelib.losses import elbo
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +134,15 @@ def test_batched_importance_samples_match_one_sample_at_a_time(trained):
             log_w = []
             for k in range(7):  # the former implementation: one sample of every image at a time
                 log_px = model.likelihood.log_prob(model.decode_params(z[k], y), x)
-                log_w.append(log_px + gaussian_log_prob(z[k], prior_mu if prior_mu is not None else torch.zeros_like(mu),
-                                                        prior_logvar if prior_logvar is not None else torch.zeros_like(mu)) - log_q[k])
+                log_w.append(
+                    log_px
+                    + gaussian_log_prob(
+                        z[k],
+                        prior_mu if prior_mu is not None else torch.zeros_like(mu),
+                        prior_logvar if prior_logvar is not None else torch.zeros_like(mu),
+                    )
+                    - log_q[k]
+                )
             total += float(-(torch.logsumexp(torch.stack(log_w), 0) - math.log(7)).sum())
             n += len(x)
     assert batched == pytest.approx(total / n, rel=1e-5)

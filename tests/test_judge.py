@@ -1,7 +1,6 @@
 import torch
 
-from cvaelib import data
-from cvaelib.judge import classifier_accuracy, frechet_distance, judge_samples, train_classifier, Classifier
+from cvaelib.judge import Classifier, classifier_accuracy, frechet_distance, judge_samples, train_classifier
 
 
 def test_classifier_learns_real_digits(mnist_subset):

@@ -85,17 +85,20 @@ def test_labels_required_exactly_when_conditional():
         VAE().sample()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(image_shape=(1, 32, 32)), "image_shape must be"),
-    (dict(arch="resnet"), "unknown arch 'resnet'"),
-    (dict(conditioning="film"), "unknown conditioning 'film'"),
-    (dict(prior="vamp"), "unknown prior 'vamp'"),
-    (dict(num_classes=0, prior="learned"), "a learned prior p\\(z\\|y\\) needs labels"),
-    (dict(latent_dim=0), "latent_dim must be a positive integer, got 0"),
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(image_shape=(1, 32, 32)), "image_shape must be"),
+        (dict(arch="resnet"), "unknown arch 'resnet'"),
+        (dict(conditioning="film"), "unknown conditioning 'film'"),
+        (dict(prior="vamp"), "unknown prior 'vamp'"),
+        (dict(num_classes=0, prior="learned"), "a learned prior p\\(z\\|y\\) needs labels"),
+        (dict(latent_dim=0), "latent_dim must be a positive integer, got 0"),
         (dict(sigma=0.5), "sigma is a Gaussian likelihood.s"),
         (dict(likelihood="gaussian", sigma=-1.0), "sigma must be positive"),
         (dict(likelihood="mixture"), "unknown likelihood"),
-])
+    ],
+)
 def test_bad_model_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CVAE(**kwargs)

@@ -1,15 +1,23 @@
 import pytest
+import torch
 
-from cvaelib.profile import pick, profile
+from cvaelib.profile import describe, pick, profile
 
 
-def test_profile_defaults_to_full(monkeypatch):
+def test_unset_profile_depends_on_the_machine(monkeypatch):
     monkeypatch.delenv("CVAELIB_PROFILE", raising=False)
-    assert profile() == "full" and pick(1, 2) == 2
+    for gpu, expected in ((True, "full"), (False, "smoke")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        assert profile() == expected and pick(1, 2) == (2 if gpu else 1)
+        assert describe().startswith(f"profile: {expected} (")
+    assert "CVAELIB_PROFILE=full runs the full one" in describe()
 
 
-def test_smoke_profile(monkeypatch):
-    monkeypatch.setenv("CVAELIB_PROFILE", "Smoke")
+def test_the_variable_forces_a_profile(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CVAELIB_PROFILE", "Full")
+    assert profile() == "full" and describe() == "profile: full (set by CVAELIB_PROFILE)"
+    monkeypatch.setenv("CVAELIB_PROFILE", "smoke")
     assert pick({"epochs": 1}, {"epochs": 20}) == {"epochs": 1}
 
 

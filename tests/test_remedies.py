@@ -7,8 +7,16 @@ from cvaelib import CVAE, VAE, data
 from cvaelib.diagnostics import decoder_sensitivity, diagnose
 from cvaelib.evaluate import negative_elbo
 from cvaelib.losses import elbo, gaussian_kl
-from cvaelib.remedies import (RemedyConfig, RemedyLoss, balanced_kl, beta_schedule, free_bits, group_balance_weights, group_kl,
-                              optimal_sigma)
+from cvaelib.remedies import (
+    RemedyConfig,
+    RemedyLoss,
+    balanced_kl,
+    beta_schedule,
+    free_bits,
+    group_balance_weights,
+    group_kl,
+    optimal_sigma,
+)
 from cvaelib.train import fit
 
 
@@ -101,9 +109,14 @@ def test_remedy_loss_options_are_checked():
         RemedyConfig(schedule="step")
     with pytest.raises(ValueError, match="needs a fixed-sigma Gaussian decoder"):
         RemedyLoss(RemedyConfig(sigma="optimal"))(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
-    for bad, message in [(dict(beta=-1.0), "beta must be a non-negative"), (dict(warmup=0.0), "warmup must be a positive"),
-                         (dict(free_bits=-0.5), "free_bits must be a non-negative"), (dict(kl_balance=1.5), r"in \[0, 1\]"),
-                         (dict(group_sizes=(4, 0)), "group_sizes must be positive"), (dict(cycles=0), "cycles must be")]:
+    for bad, message in [
+        (dict(beta=-1.0), "beta must be a non-negative"),
+        (dict(warmup=0.0), "warmup must be a positive"),
+        (dict(free_bits=-0.5), "free_bits must be a non-negative"),
+        (dict(kl_balance=1.5), r"in \[0, 1\]"),
+        (dict(group_sizes=(4, 0)), "group_sizes must be positive"),
+        (dict(cycles=0), "cycles must be"),
+    ]:
         with pytest.raises(ValueError, match=message):
             RemedyConfig(**bad)
     config = RemedyConfig(group_sizes=[2, 4], kl_balance=0.5, sigma="optimal")
@@ -121,8 +134,13 @@ def test_remedy_loss_with_every_remedy_trains(mnist_subset):
     batches = data.Batches(x, y, 50)
     for model, loss in [
         (CVAE(latent_dim=6, prior="learned"), RemedyLoss(RemedyConfig(kl_balance=0.8, free_bits=0.1))),
-        (CVAE(latent_dim=6), RemedyLoss(RemedyConfig(schedule="cyclical", group_sizes=(2, 4), group_balance=True,
-                                                     warmup=2), steps_per_epoch=len(batches))),
+        (
+            CVAE(latent_dim=6),
+            RemedyLoss(
+                RemedyConfig(schedule="cyclical", group_sizes=(2, 4), group_balance=True, warmup=2),
+                steps_per_epoch=len(batches),
+            ),
+        ),
         (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(RemedyConfig(sigma="optimal"))),
     ]:
         history = fit(model, loss, batches, 2, device="cpu", progress=False)
@@ -136,8 +154,9 @@ def test_diagnose_recognises_a_collapsed_posterior():
     torch.nn.init.zeros_(head.bias)  # q(z|x) = N(0, I) for every x: the posterior is the prior
     last = model.decoder.net[-3]
     torch.nn.init.zeros_(last.weight)  # and the decoder's output no longer depends on z
-    batches = data.Batches(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8),
-                           torch.zeros(64, dtype=torch.int64), 32, shuffle=False)
+    batches = data.Batches(
+        torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.zeros(64, dtype=torch.int64), 32, shuffle=False
+    )
     report = diagnose(model, batches)
     assert report["collapsed"] and report["active_units"] == 0 and report["total_kl"] == pytest.approx(0, abs=1e-6)
     assert report["decoder_sensitivity"] == pytest.approx(0, abs=1e-6)
@@ -159,8 +178,15 @@ def test_the_sigma_vae_stores_the_sigma_fitted_on_training_data_and_tests_with_i
     torch.manual_seed(0)
     model = CVAE(latent_dim=4, likelihood="gaussian")
     loss = RemedyLoss(RemedyConfig(sigma="optimal"))
-    history = fit(model, loss, data.Batches(x, y, 50, shuffle=False), 1, device="cpu", progress=False,
-                  test_batches=data.Batches(xt, yt, 250, shuffle=False))
+    history = fit(
+        model,
+        loss,
+        data.Batches(x, y, 50, shuffle=False),
+        1,
+        device="cpu",
+        progress=False,
+        test_batches=data.Batches(xt, yt, 250, shuffle=False),
+    )
     model.eval()
     # The stored sigma is the root mean squared error over the epoch's training batches ...
     assert 1e-3 < float(model.likelihood.log_sigma.exp()) < 1
@@ -170,4 +196,6 @@ def test_the_sigma_vae_stores_the_sigma_fitted_on_training_data_and_tests_with_i
     torch.manual_seed(1)
     theirs = elbo(model, xt[:250].float() / 255, yt[:250])["nelbo"]
     torch.testing.assert_close(ours, theirs)
-    assert history[0]["test_nelbo"] == pytest.approx(negative_elbo(model, data.Batches(xt, yt, 250, shuffle=False))["nelbo"], rel=0.02)
+    assert history[0]["test_nelbo"] == pytest.approx(
+        negative_elbo(model, data.Batches(xt, yt, 250, shuffle=False))["nelbo"], rel=0.02
+    )

@@ -7,9 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from cvaelib import data
-from cvaelib.structured import (HIDDEN, BaselineNet, StructuredCVAE, baseline_nll, completion_figure, evaluate,
-                                importance_nll, masked_log_prob, negative_elbo, quadrant_mask, split_quadrants,
-                                structured_loss)
+from cvaelib.structured import (
+    HIDDEN,
+    BaselineNet,
+    StructuredCVAE,
+    baseline_nll,
+    completion_figure,
+    evaluate,
+    importance_nll,
+    masked_log_prob,
+    negative_elbo,
+    quadrant_mask,
+    split_quadrants,
+    structured_loss,
+)
 from cvaelib.train import fit
 
 
@@ -42,8 +53,10 @@ def test_quadrant_convention_follows_pyro():
         return bool(torch.all(m[quadrant] == 0))
 
     assert [q for q in (top_left, top_right, bottom_left, bottom_right) if is_given(missing[1], q)] == [bottom_left]
-    assert [q for q in (top_left, top_right, bottom_left, bottom_right) if is_given(missing[2], q)] == [top_left,
-                                                                                                         bottom_left]
+    assert [q for q in (top_left, top_right, bottom_left, bottom_right) if is_given(missing[2], q)] == [
+        top_left,
+        bottom_left,
+    ]
     assert bool(torch.all(missing[3][bottom_right] == 1)) and int(missing[3].sum()) == 196
 
 
@@ -187,9 +200,19 @@ def test_evaluate_reports_exact_baseline_nll_and_cvae_bounds():
 
 def test_completion_figure_has_one_row_per_kind():
     torch.manual_seed(0)
-    fig = completion_figure(random_images(4), 1, BaselineNet(hidden=16).eval(),
-                            StructuredCVAE(latent_dim=2, hidden=16).eval(), num_samples=2)
+    fig = completion_figure(
+        random_images(4),
+        1,
+        BaselineNet(hidden=16).eval(),
+        StructuredCVAE(latent_dim=2, hidden=16).eval(),
+        num_samples=2,
+    )
     assert len(fig.axes) == (3 + 2) * 4
-    assert [fig.axes[4 * r].get_ylabel() for r in range(5)] == ["Inputs", "Truth", "NN", "CVAE sample 1",
-                                                                "CVAE sample 2"]
+    assert [fig.axes[4 * r].get_ylabel() for r in range(5)] == [
+        "Inputs",
+        "Truth",
+        "NN",
+        "CVAE sample 1",
+        "CVAE sample 2",
+    ]
     plt.close(fig)

@@ -15,6 +15,7 @@ Needs the Debian packages chromium and chromium-driver (``/usr/bin/chromium``,
 ``/usr/bin/chromedriver``) and the Python package selenium. ``CVAELIB_BOOK=/path`` tests
 the book built in another folder (its ``_toc.yml`` and ``_build/html``).
 """
+
 import base64
 import functools
 import http.server
@@ -101,11 +102,21 @@ def browser():
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={profile}",
-                 # Nothing but the local server resolves: a page asking a CDN fails loudly.
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]:
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+        # Nothing but the local server resolves: a page asking a CDN fails loudly.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a driver or a browser
@@ -129,9 +140,14 @@ def _wait(driver, script, timeout=TIMEOUT):
 def _screenshot(driver, path):
     """A full-page PNG (at most 12000 px tall) through the DevTools protocol."""
     height = min(12000, driver.execute_script("return document.documentElement.scrollHeight"))
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1},
+        },
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
 
@@ -186,11 +202,15 @@ def test_page_in_the_browser(page, server, browser):
     # Math: every math node typeset by MathJax, none with a TeX error.
     math_nodes = browser.execute_script("return document.querySelectorAll('article .math').length")
     if math_nodes:
-        if not _wait(browser, f"return document.querySelectorAll('article .math mjx-container').length >= {math_nodes}"):
+        if not _wait(
+            browser, f"return document.querySelectorAll('article .math mjx-container').length >= {math_nodes}"
+        ):
             typeset = browser.execute_script("return document.querySelectorAll('article .math mjx-container').length")
             problems.append(f"MathJax typeset {typeset} of {math_nodes} math nodes")
-        errors = browser.execute_script("return Array.from(document.querySelectorAll('mjx-merror'))"
-                                        ".map(e => e.getAttribute('data-mjx-error') || e.textContent)")
+        errors = browser.execute_script(
+            "return Array.from(document.querySelectorAll('mjx-merror'))"
+            ".map(e => e.getAttribute('data-mjx-error') || e.textContent)"
+        )
         if errors:
             problems.append(f"MathJax could not typeset: {errors}")
 
@@ -199,20 +219,24 @@ def test_page_in_the_browser(page, server, browser):
         problems.append(f"images still loading after {TIMEOUT} s")
     images = browser.execute_script(
         "return Array.from(document.querySelectorAll('article img'))"
-        ".map(img => [img.getAttribute('src'), img.naturalWidth, img.naturalHeight])")
+        ".map(img => [img.getAttribute('src'), img.naturalWidth, img.naturalHeight])"
+    )
     broken = [src for src, width, height in images if not (width and height)]
     if broken:
         problems.append(f"images that did not render: {broken}")
     expected, lost = _expected_figures(page)
     if lost:
-        problems.append(f"{lost} figures reached the page as text, not images: build the book without "
-                        "MPLBACKEND=Agg so that the kernel draws inline")
+        problems.append(
+            f"{lost} figures reached the page as text, not images: build the book without "
+            "MPLBACKEND=Agg so that the kernel draws inline"
+        )
     if len(images) < expected:
         problems.append(f"{expected} figures in the executed notebook, {len(images)} on the page")
 
     # Widgets saved with the page: the widget manager renders them (no kernel needed).
     widget_views = browser.execute_script(
-        "return document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]').length")
+        "return document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]').length"
+    )
     if widget_views and not _wait(browser, "return document.querySelectorAll('.jupyter-widgets').length > 0"):
         problems.append(f"{widget_views} saved widget views, none rendered")
 
@@ -223,7 +247,7 @@ def test_page_in_the_browser(page, server, browser):
         parts = urlsplit(link)
         if parts.scheme not in ("http", "https") or not link.startswith(server):
             continue  # mailto:, javascript:, or external (not followed: the site must work offline)
-        target = SITE / unquote(parts.path[len(urlsplit(server).path):])
+        target = SITE / unquote(parts.path[len(urlsplit(server).path) :])
         if target.is_dir():
             target = target / "index.html"
         if not target.is_file():
@@ -238,19 +262,30 @@ def test_page_in_the_browser(page, server, browser):
 
     # Nothing left the machine, nothing was missing, nothing was logged as an error.
     requests = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
-    outside = sorted({r["params"]["request"]["url"] for r in requests if r["method"] == "Network.requestWillBeSent"
-                      and urlsplit(r["params"]["request"]["url"]).scheme in ("http", "https")
-                      and not r["params"]["request"]["url"].startswith(server)})
+    outside = sorted(
+        {
+            r["params"]["request"]["url"]
+            for r in requests
+            if r["method"] == "Network.requestWillBeSent"
+            and urlsplit(r["params"]["request"]["url"]).scheme in ("http", "https")
+            and not r["params"]["request"]["url"].startswith(server)
+        }
+    )
     if outside:
         problems.append(f"requests that leave the site (a CDN?): {outside}")
     if _Handler.failed:
         problems.append(f"requests the site could not answer: {_Handler.failed}")
-    errors = [entry["message"] for entry in browser.get_log("browser")
-              if entry["level"] == "SEVERE" and "/favicon.ico " not in entry["message"]]
+    errors = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and "/favicon.ico " not in entry["message"]
+    ]
     if errors:
         problems.append(f"console errors: {errors}")
-    print(f"{page}: {len(images)} figures, {math_nodes} math nodes, {widget_views} widget views, "
-          f"{len(links)} links, {elapsed:.1f} s")
+    print(
+        f"{page}: {len(images)} figures, {math_nodes} math nodes, {widget_views} widget views, "
+        f"{len(links)} links, {elapsed:.1f} s"
+    )
     assert not problems, f"{page}:\n- " + "\n- ".join(problems)
 
 

@@ -5,13 +5,14 @@ turns the decoder's raw output ``params`` into a ``torch.distributions`` object.
 ELBO never averages over pixels: a pixel mean silently rescales the reconstruction
 term by 1/(C*H*W) and with it the weight of the KL (chapter 1).
 """
+
 import math
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Bernoulli, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
 LOG_2PI = math.log(2 * math.pi)
 MIN_LOGVAR = -30.0  # below it exp(logvar) underflows and (z - mu)^2 / var becomes 0/0
@@ -22,6 +23,10 @@ class Likelihood(nn.Module):
 
     num_params = 1
     discrete = False  # True when log p(x|z) is a probability of 8-bit pixels (bits/dim)
+
+    def out_channels(self, image_channels: int) -> int:
+        """How many channels the decoder must output for images of ``image_channels`` channels."""
+        return image_channels * self.num_params
 
     def distribution(self, params):
         raise NotImplementedError
@@ -66,6 +71,25 @@ class GaussianLikelihood(Likelihood):
         return Independent(Normal(params, self.log_sigma.clamp(min=math.log(1e-3)).exp()), 3)
 
 
+def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of 8-bit values under a logistic integrated over each value's bin, elementwise (chapter 4).
+
+    Everything on the [-1, 1] scale of the references: the 256 values are -1 + 2 i / 255, each bin
+    has half-width 1/255, and the two end bins reach out to -inf and +inf so the 256 masses sum to 1.
+    """
+    inv_scale = torch.exp(-log_scale)
+    plus = inv_scale * (x - mean + 1 / 255)
+    minus = inv_scale * (x - mean - 1 / 255)
+    log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus), for x = 0
+    log_one_minus_cdf_minus = -F.softplus(minus)  # log(1 - sigmoid(minus)), for x = 255
+    cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
+    mid = inv_scale * (x - mean)
+    # When the bin mass underflows, use the density at the centre times the bin width.
+    log_pdf_mid = mid - log_scale - 2 * F.softplus(mid) + math.log(2 / 255)
+    log_mid = torch.where(cdf_delta > 1e-5, cdf_delta.clamp(min=1e-12).log(), log_pdf_mid)
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_mid))
+
+
 class DiscretizedLogistic(Likelihood):
     """8-bit pixels: a logistic per pixel integrated over its bin (Salimans et al. 2017).
 
@@ -83,22 +107,105 @@ class DiscretizedLogistic(Likelihood):
     def log_prob(self, params, x):
         mean, log_scale = self._split(params)
         # Work on the [-1, 1] scale of the references: bin half-width 1/255.
-        x, mean = 2 * x - 1, 2 * mean - 1
-        inv_scale = torch.exp(-log_scale)
-        plus = inv_scale * (x - mean + 1 / 255)
-        minus = inv_scale * (x - mean - 1 / 255)
-        log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus), for x = 0
-        log_one_minus_cdf_minus = -F.softplus(minus)  # log(1 - sigmoid(minus)), for x = 255
-        cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
-        mid = inv_scale * (x - mean)
-        # When the bin mass underflows, use the density at the centre times the bin width.
-        log_pdf_mid = mid - log_scale - 2 * F.softplus(mid) + math.log(2 / 255)
-        log_mid = torch.where(cdf_delta > 1e-5, cdf_delta.clamp(min=1e-12).log(), log_pdf_mid)
-        log_p = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_mid))
-        return log_p.sum(dim=(1, 2, 3))
+        return discretized_logistic_log_prob(2 * x - 1, 2 * mean - 1, log_scale).sum(dim=(1, 2, 3))
 
     def mean(self, params):
         return self._split(params)[0]
+
+
+class DiscretizedLogisticMixture(Likelihood):
+    """PixelCNN++'s output layer: a mixture of K discretized logistics per pixel (Salimans et al. 2017).
+
+    The hierarchical VAE's likelihood (chapter 6). Every pixel gets K mixture logits, and per
+    component and channel a mean logit (sigmoid -> [0, 1], like ``DiscretizedLogistic``) and a
+    log-scale; the channels of a pixel depend on each other through C(C-1)/2 coefficients per
+    component in (-1, 1): on the [-1, 1] scale, channel c's mean is shifted by
+    ``sum_j<c coeff[c, j] * x_j``, the *observed* values of the earlier channels (green depends
+    on red, blue on red and green). Pixels do not depend on each other (no autoregression).
+
+    Decoder output, (B, K * (C + 1)(C + 2) / 2, H, W) = (B, 10K, H, W) for RGB, (B, 3K, H, W) for
+    grey, in this order along dim 1: K logits, then C*K mean logits, C*K log-scales and
+    C(C-1)/2*K coefficients, each block channel-major (channel c, component k at c * K + k).
+    """
+
+    discrete = True
+
+    def __init__(self, num_mixtures: int = 10):
+        super().__init__()
+        if num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be at least 1, got {num_mixtures}")
+        self.num_mixtures = num_mixtures
+
+    def out_channels(self, image_channels: int) -> int:
+        """K logits + per channel K means and K log-scales + K coefficients per channel pair."""
+        return self.num_mixtures * (image_channels + 1) * (image_channels + 2) // 2
+
+    def _split(self, params):
+        """params (B,P,H,W) -> logits (B,K,H,W); mean (on [-1, 1]), log_scale, coeffs (B,C',K,H,W)."""
+        B, P, H, W = params.shape
+        K = self.num_mixtures
+        C = round((math.sqrt(8 * P / K + 1) - 3) / 2)  # solves P = K (C + 1)(C + 2) / 2
+        if P != self.out_channels(C):
+            raise ValueError(f"a {K}-component logistic mixture needs K(C+1)(C+2)/2 channels, got {P}")
+        pairs = C * (C - 1) // 2
+        logits, mean_logit, log_scale, coeffs = params.split([K, C * K, C * K, pairs * K], dim=1)
+        mean = 2 * torch.sigmoid(mean_logit.view(B, C, K, H, W)) - 1
+        log_scale = log_scale.view(B, C, K, H, W).clamp(min=-7.0)  # bounded: no infinitely sharp bins
+        return logits, mean, log_scale, torch.tanh(coeffs.view(B, pairs, K, H, W))
+
+    @staticmethod
+    def _shifted_mean(mean, coeffs, c, earlier):
+        """Channel c's means (B,K,H,W): its own plus sum_{j<c} coeff[c, j] * earlier[j].
+
+        The coefficient of the pair (c, j) is stored at index c(c-1)/2 + j: (1,0), (2,0), (2,1) for RGB.
+        """
+        return mean[:, c] + sum(coeffs[:, c * (c - 1) // 2 + j] * earlier[j] for j in range(c))
+
+    def channel_log_probs(self, params: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log mixture weights (B,K,H,W) and log P(x_c | x_<c, component k) (B,C,K,H,W)."""
+        logits, mean, log_scale, coeffs = self._split(params)
+        x = (2 * x - 1).unsqueeze(2)  # (B,C,H,W) -> (B,C,1,H,W) on [-1, 1]
+        observed = x.unbind(1)  # the mean of channel c is shifted by the observed earlier channels
+        mean = torch.stack([self._shifted_mean(mean, coeffs, c, observed) for c in range(x.shape[1])], dim=1)
+        return F.log_softmax(logits, dim=1), discretized_logistic_log_prob(x, mean, log_scale)
+
+    def log_prob(self, params, x):
+        log_weights, log_p = self.channel_log_probs(params, x)
+        # log sum_k pi_k prod_c P(x_c | x_<c, k): (B,K,H,W) -> (B,H,W) -> (B,)
+        return torch.logsumexp(log_weights + log_p.sum(dim=1), dim=1).sum(dim=(1, 2))
+
+    def mean(self, params):
+        """The mixture mean in [0, 1], (B,C,H,W): each component's channel means, the later ones
+        shifted by the component's own (clamped) means of the earlier channels."""
+        logits, mean, _, coeffs = self._split(params)
+        means = []
+        for c in range(mean.shape[1]):
+            means.append(self._shifted_mean(mean, coeffs, c, means).clamp(-1, 1))  # (B,K,H,W)
+        weights = torch.softmax(logits, dim=1)  # (B,K,H,W)
+        return ((weights.unsqueeze(1) * torch.stack(means, dim=1)).sum(dim=2) + 1) / 2  # (B,C,K,H,W) -> (B,C,H,W)
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        """An image drawn from the mixture, (B,C,H,W), of 8-bit values k/255 (chapter 6).
+
+        Per pixel: a component from Categorical(pi), then channel after channel a logistic
+        sample rounded to the nearest of the 256 values, which feeds the later channels' means.
+        """
+        logits, mean, log_scale, coeffs = self._split(params)
+        B, C, _, H, W = mean.shape
+        k = Categorical(logits=logits.movedim(1, -1)).sample()  # (B,H,W): one component per pixel
+        mean, log_scale, coeffs = (
+            t.gather(2, k[:, None, None].expand(B, t.shape[1], 1, H, W)) for t in (mean, log_scale, coeffs)
+        )  # (B,C',K,H,W) -> (B,C',1,H,W)
+        u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
+        noise = log_scale.exp() * (u.log() - torch.log1p(-u))  # Logistic(0, s) by its inverse CDF
+        earlier, levels = [], []
+        for c in range(C):
+            value = (self._shifted_mean(mean, coeffs, c, earlier) + noise[:, c]).clamp(-1, 1)
+            # the nearest of the values 0..255: each is drawn with exactly the mass of its bin
+            level = torch.round((value + 1) * 127.5)
+            earlier.append(level / 127.5 - 1)
+            levels.append(level)
+        return torch.stack(levels, dim=1).squeeze(2) / 255  # (B,C,1,H,W) -> (B,C,H,W)
 
 
 LIKELIHOODS = {
@@ -106,11 +213,15 @@ LIKELIHOODS = {
     "gaussian": GaussianLikelihood,
     "sigma": partial(GaussianLikelihood, learned=True),
     "logistic": DiscretizedLogistic,
+    "logistic_mixture": DiscretizedLogisticMixture,
 }
 
 
 def make_likelihood(name, **kwargs):
-    """Build a likelihood by name: bernoulli, gaussian, sigma or logistic (chapter 1)."""
+    """Build a likelihood by name: bernoulli, gaussian, sigma, logistic or logistic_mixture (chapter 1).
+
+    ``kwargs`` go to its constructor, e.g. ``make_likelihood("logistic_mixture", num_mixtures=5)``.
+    """
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
     return LIKELIHOODS[name](**kwargs)
@@ -124,9 +235,7 @@ def gaussian_kl(mu, logvar, prior_mu=None, prior_logvar=None):
     """
     if prior_mu is None:
         return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
-    return 0.5 * (
-        prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1
-    )
+    return 0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1)
 
 
 def gaussian_log_prob(z, mu, logvar):

@@ -190,7 +190,7 @@ class CVAE(nn.Module):
         encoder, decoder = ARCHITECTURES[arch]
         decoder_cond = num_classes if conditioning == "concat" else 0
         self.encoder = encoder(image_shape, num_classes, latent_dim)
-        self.decoder = decoder(image_shape, decoder_cond, latent_dim, image_shape[0] * self.likelihood.num_params)
+        self.decoder = decoder(image_shape, decoder_cond, latent_dim, self.likelihood.out_channels(image_shape[0]))
         # "add": y -> W y, a learned vector per class added to z at the decoder input
         self.label_projection = nn.Embedding(num_classes, latent_dim) if conditioning == "add" and num_classes else None
         # learned prior: a mean and a log-variance per class, starting at N(0, I)

@@ -5,8 +5,16 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from cvaelib import CVAE, VAE
-from cvaelib.losses import (DiscretizedLogistic, GaussianLikelihood, bits_per_dim, elbo, gaussian_kl,
-                            make_likelihood, sample_with_log_prob)
+from cvaelib.losses import (
+    DiscretizedLogistic,
+    DiscretizedLogisticMixture,
+    GaussianLikelihood,
+    bits_per_dim,
+    elbo,
+    gaussian_kl,
+    make_likelihood,
+    sample_with_log_prob,
+)
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
@@ -131,3 +139,103 @@ def test_sample_with_log_prob_matches_torch_distributions_at_any_variance():
     mu, logvar = torch.randn(20_000, 8), torch.full((20_000, 8), -40.0)
     _, log_q = sample_with_log_prob(mu, logvar)
     assert float(log_q.mean()) == pytest.approx(-0.5 * 8 * (math.log(2 * math.pi) + 1 - 40.0), abs=0.1)
+
+
+# The mixture of discretized logistics (PixelCNN++'s output layer) of the hierarchical VAE.
+
+LEVELS = torch.arange(256, dtype=torch.float32) / 255  # the 256 pixel values
+
+
+def _mixture_params(num_mixtures=10, channels=3, seed=0):
+    """Random raw parameters of one pixel, (1, P, 1, 1), with log-scales in [-5, -1]."""
+    generator = torch.Generator().manual_seed(seed)
+    lik = DiscretizedLogisticMixture(num_mixtures)
+    params = torch.randn(1, lik.out_channels(channels), 1, 1, generator=generator) * 2
+    K, C = num_mixtures, channels
+    params[:, K + C * K : K + 2 * C * K] = torch.rand(1, C * K, 1, 1, generator=generator) * 4 - 5
+    return lik, params
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_logistic_mixture_channels_are_distributions_over_256_values(seed):
+    lik, params = _mixture_params(seed=seed)
+    many = params.expand(256, -1, -1, -1)  # the same pixel 256 times, one per value
+    # first channel: sum over its 256 values of sum_k pi_k P(x_0 | k) is 1, whatever x_1, x_2
+    x = torch.rand(256, 3, 1, 1)
+    x[:, 0, 0, 0] = LEVELS
+    log_weights, log_p = lik.channel_log_probs(many, x)
+    p_first = torch.logsumexp(log_weights + log_p[:, 0], dim=1).exp()  # (256,1,1)
+    torch.testing.assert_close(p_first.sum(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    # second channel given a fixed first one: p(x_1 | x_0) = p(x_0, x_1) / p(x_0) sums to 1 over x_1
+    x0 = LEVELS[[37 + 50 * seed]]
+    x = torch.rand(256, 3, 1, 1)
+    x[:, 0, 0, 0], x[:, 1, 0, 0] = x0, LEVELS
+    log_weights, log_p = lik.channel_log_probs(many, x)
+    log_joint = torch.logsumexp(log_weights + log_p[:, 0] + log_p[:, 1], dim=1)  # log p(x_0, x_1)
+    log_first = torch.logsumexp(log_weights + log_p[:, 0], dim=1)  # log p(x_0), the same in every row
+    torch.testing.assert_close((log_joint - log_first).exp().sum(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    # and the public log_prob: summed over all 65536 (x_1, x_2), p(x_0, x_1, x_2) gives back p(x_0)
+    x1, x2 = torch.meshgrid(LEVELS, LEVELS, indexing="ij")
+    x = torch.stack([x0.expand(65536), x1.flatten(), x2.flatten()], dim=1).view(65536, 3, 1, 1)
+    log_p = lik.log_prob(params.expand(65536, -1, -1, -1), x)  # (65536,)
+    torch.testing.assert_close((log_p - log_first[0, 0, 0]).exp().sum(), torch.tensor(1.0), atol=1e-4, rtol=0)
+
+
+def test_grey_logistic_mixture_is_a_distribution_over_256_values():
+    lik, params = _mixture_params(num_mixtures=4, channels=1)
+    total = lik.log_prob(params.expand(256, -1, -1, -1), LEVELS.view(256, 1, 1, 1)).exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_one_component_mixture_without_channel_coefficients_is_the_discretized_logistic(channels):
+    torch.manual_seed(0)
+    mean_logit, log_scale = torch.randn(4, channels, 8, 8) * 2, torch.rand(4, channels, 8, 8) * 6 - 7
+    pairs = channels * (channels - 1) // 2
+    params = torch.cat([torch.randn(4, 1, 8, 8), mean_logit, log_scale, torch.zeros(4, pairs, 8, 8)], dim=1)
+    x = torch.randint(0, 256, (4, channels, 8, 8)) / 255
+    mixture, single = DiscretizedLogisticMixture(num_mixtures=1), DiscretizedLogistic()
+    # float64: the per-image sums are ~1e4 nats, whose float32 rounding differs with the summation order
+    expected = single.log_prob(torch.cat([mean_logit, log_scale], dim=1).double(), x.double())
+    torch.testing.assert_close(mixture.log_prob(params.double(), x.double()), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mixture.mean(params), single.mean(torch.cat([mean_logit, log_scale], dim=1)))
+
+
+@pytest.mark.parametrize("channels,num_mixtures,out_channels", [(3, 10, 100), (1, 10, 30), (3, 5, 50), (1, 2, 6)])
+def test_logistic_mixture_shapes_and_out_channels(channels, num_mixtures, out_channels):
+    lik = make_likelihood("logistic_mixture", num_mixtures=num_mixtures)
+    assert lik.discrete and lik.out_channels(channels) == out_channels
+    params, x = torch.randn(2, out_channels, 5, 6), torch.rand(2, channels, 5, 6)
+    assert lik.log_prob(params, x).shape == (2,)
+    mean = lik.mean(params)
+    assert mean.shape == (2, channels, 5, 6) and mean.min() >= 0 and mean.max() <= 1
+    assert lik.sample(params).shape == (2, channels, 5, 6)
+    with pytest.raises(ValueError, match="needs K\\(C\\+1\\)\\(C\\+2\\)/2 channels"):
+        lik.mean(torch.randn(2, out_channels + 1, 5, 6))
+
+
+def test_likelihood_out_channels_default_and_cvae_decoder():
+    assert DiscretizedLogistic().out_channels(3) == 6 and make_likelihood("bernoulli").out_channels(1) == 1
+    model = CVAE((3, 32, 32), 10, 8, "conv", "logistic_mixture")
+    out = model(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert out["params"].shape == (2, 100, 32, 32) and out["x_hat"].shape == (2, 3, 32, 32)
+    assert torch.isfinite(elbo(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))["loss"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_logistic_mixture_samples_lie_on_the_256_levels(channels):
+    lik = make_likelihood("logistic_mixture", num_mixtures=3)
+    sample = lik.sample(torch.randn(4, lik.out_channels(channels), 8, 8) * 3)
+    assert sample.min() >= 0 and sample.max() <= 1
+    torch.testing.assert_close(sample * 255, (sample * 255).round(), atol=1e-4, rtol=0)
+
+
+def test_logistic_mixture_samples_follow_its_probabilities():
+    torch.manual_seed(0)
+    lik, params = _mixture_params(num_mixtures=3, channels=1, seed=1)
+    params[:, 3:6] = 0.0  # mean logits: all components centred on 0.5
+    params[:, 6:9] = torch.tensor([-1.0, -2.0, -3.0]).view(1, 3, 1, 1)  # broad log-scales
+    probs = lik.log_prob(params.expand(256, -1, -1, -1), LEVELS.view(256, 1, 1, 1)).exp()
+    sample = lik.sample(params.expand(200_000, -1, -1, -1)).flatten()
+    frequencies = torch.bincount((sample * 255).round().long(), minlength=256) / len(sample)
+    assert 0.5 * (frequencies - probs).abs().sum() < 0.03  # total variation; sampling noise ~0.012

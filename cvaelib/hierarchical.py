@@ -1,0 +1,327 @@
+"""A small top-down hierarchical conditional VAE for CIFAR-10 (chapter 4): Ladder VAE, IAF, NVAE, VDVAE.
+
+Bottom-up, a residual encoder summarises the image x at 16x16, 8x8 and 4x4 (and 2x2, 1x1 with more
+resolutions). Top-down, the decoder starts from a learned constant at the lowest resolution and meets
+the latent groups z_1, ..., z_G in turn, several per resolution. Group g has
+
+- a prior p(z_g | z_<g, y) = N(prior_mu, exp(prior_logvar)), read from the top-down state h, and
+- a posterior q(z_g | x, z_<g, y) read from h and the encoder's activation at that resolution, as a
+  *residual* normal (NVAE, Vahdat & Kautz 2020): mu = prior_mu + dmu, logvar = prior_logvar + dlogvar.
+
+A sample z_g (from q while training, from p when sampling) is added to h through a 1x1 convolution.
+The label y enters at every resolution as a learned per-resolution embedding added to h. Every
+log-variance is soft-clamped to (-5, 5) (the posterior's to (-10, 10)), and the last convolution
+of every residual branch starts at zero, so that the network starts as an identity and trains stably;
+so does the prior head's (p = N(0, I) at first), but, as in VDVAE, not the posterior head's: with
+q = p at the start, the latents stayed unused for the first few hundred steps of a CPU trial.
+The output is the likelihood's parameters at 32x32, by default the mixture of discretized logistics.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import make_likelihood
+
+# Presets; any value can be overridden by the constructor argument of the same name.
+# "tiny" exists for the tests; "small" trains on a CPU; "full" wants a GPU.
+SIZES = {
+    "tiny": {
+        "widths": (16, 16, 16, 16),
+        "latent_channels": 2,
+        "groups_per_resolution": (1, 1, 1),
+        "blocks_per_resolution": 1,
+    },
+    "small": {
+        "widths": (256, 256, 128, 64),
+        "latent_channels": 8,
+        "groups_per_resolution": (2, 2, 2),
+        "blocks_per_resolution": 1,
+    },
+    "full": {
+        "widths": (384, 384, 384, 256, 128),
+        "latent_channels": 16,
+        "groups_per_resolution": (2, 4, 6, 8),
+        "blocks_per_resolution": 2,
+    },
+}
+IMAGE_SHAPES = {(3, 32, 32), (1, 28, 28)}  # 28x28 images are padded to 32x32 inside the model
+LOGVAR_BOUND = 5.0
+
+
+def soft_clamp(x: torch.Tensor, bound: float = LOGVAR_BOUND) -> torch.Tensor:
+    """Squash x smoothly into (-bound, bound), with slope 1 near 0: bound * tanh(x / bound)."""
+    return bound * torch.tanh(x / bound)
+
+
+class ResBlock(nn.Module):
+    """VDVAE's bottleneck block: GELU-1x1, GELU-3x3, GELU-3x3, GELU-1x1, added to x when ``residual``.
+
+    With ``zero_last`` the last convolution starts at zero: a residual block starts as the identity, a head at 0.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int | None = None,
+        residual: bool = True,
+        zero_last: bool = True,
+    ):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.residual = residual
+        self.net = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(in_channels, mid_channels, 1),
+            nn.GELU(),
+            nn.Conv2d(mid_channels, mid_channels, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(mid_channels, mid_channels, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(mid_channels, out_channels, 1),
+        )
+        if zero_last:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B,in,r,r) -> (B,out,r,r)
+        return x + self.net(x) if self.residual else self.net(x)
+
+
+class LatentGroup(nn.Module):
+    """One latent group z_g of ``latent_channels`` maps at one resolution r (chapter 6)."""
+
+    def __init__(self, width: int, latent_channels: int, num_groups: int):
+        super().__init__()
+        mid = max(width // 4, 1)
+        self.latent_channels = latent_channels
+        # h -> prior mean, prior log-variance and an update of h: (B,W,r,r) -> (B,2Z+W,r,r)
+        self.prior = ResBlock(width, mid, 2 * latent_channels + width, residual=False)
+        # [h, encoder activation] -> the posterior's offsets from the prior: (B,2W,r,r) -> (B,2Z,r,r)
+        self.posterior = ResBlock(2 * width, mid, 2 * latent_channels, residual=False, zero_last=False)
+        self.z_proj = nn.Conv2d(latent_channels, width, 1)  # z -> h: (B,Z,r,r) -> (B,W,r,r)
+        with torch.no_grad():  # VDVAE: scale each group's contribution to h by 1/sqrt(G)
+            self.z_proj.weight.mul_(num_groups**-0.5)
+        self.block = ResBlock(width, mid)
+
+    def forward(self, h, activation=None, from_prior=False, temperature=1.0):
+        """Top-down step: h (B,W,r,r) -> new h, and (mu, logvar, prior_mu, prior_logvar), each (B, Z*r*r).
+
+        Without an encoder ``activation`` (sampling), z comes from the prior at ``temperature``
+        and the statistics are None. With one, z comes from the posterior, or from the prior when
+        ``from_prior`` (the statistics still report both).
+        """
+        Z = self.latent_channels
+        prior_mu, prior_logvar, update = self.prior(h).split([Z, Z, h.shape[1]], dim=1)
+        prior_logvar = soft_clamp(prior_logvar)
+        eps = torch.randn_like(prior_mu)  # (B,Z,r,r)
+        if activation is None:
+            z, stats = prior_mu + temperature * torch.exp(0.5 * prior_logvar) * eps, None
+        else:
+            dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
+            mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
+            z = prior_mu + torch.exp(0.5 * prior_logvar) * eps if from_prior else mu + torch.exp(0.5 * logvar) * eps
+            stats = tuple(t.flatten(1) for t in (mu, logvar, prior_mu, prior_logvar))  # (B,Z,r,r) -> (B,Z*r*r)
+        return self.block(h + update + self.z_proj(z)), stats
+
+
+class HierarchicalCVAE(nn.Module):
+    """A top-down hierarchical CVAE p(x | z_1..G, y) prod_g p(z_g | z_<g, y) (chapter 6).
+
+    ``groups_per_resolution`` lists the groups at each resolution, from the lowest to 16x16: three
+    entries give 4x4, 8x8 and 16x16; five give 1x1 up to 16x16. ``num_classes=0``: unconditional.
+    All arguments are plain values, resolved from the ``size`` preset and kept in ``self.config``, so
+    ``HierarchicalCVAE(**model.config)`` rebuilds the model.
+    """
+
+    def __init__(
+        self,
+        image_shape=(3, 32, 32),
+        num_classes=10,
+        size="small",
+        likelihood="logistic_mixture",
+        num_mixtures=10,
+        widths=None,
+        latent_channels=None,
+        groups_per_resolution=None,
+        blocks_per_resolution=None,
+    ):
+        super().__init__()
+        image_shape = tuple(image_shape)
+        if image_shape not in IMAGE_SHAPES:
+            raise ValueError(f"image_shape must be (3, 32, 32) or (1, 28, 28), got {image_shape}")
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+        given = {
+            "widths": widths,
+            "latent_channels": latent_channels,
+            "groups_per_resolution": groups_per_resolution,
+            "blocks_per_resolution": blocks_per_resolution,
+        }
+        arch = {name: SIZES[size][name] if value is None else value for name, value in given.items()}
+        arch["widths"], arch["groups_per_resolution"] = tuple(arch["widths"]), tuple(arch["groups_per_resolution"])
+        widths, gpr = arch["widths"], arch["groups_per_resolution"]
+        Z, blocks = arch["latent_channels"], arch["blocks_per_resolution"]
+        if not 1 <= len(gpr) <= 5 or min(gpr) < 1:
+            raise ValueError(
+                f"groups_per_resolution needs 1 to 5 entries (resolutions 1x1 .. 16x16), each at least 1, got {gpr}"
+            )
+        if len(widths) != len(gpr) + 1:
+            raise ValueError(
+                f"widths needs one entry per latent resolution and one for 32x32, {len(gpr) + 1} in all, got {widths}"
+            )
+        self.config = {
+            "image_shape": image_shape,
+            "num_classes": num_classes,
+            "size": size,
+            "likelihood": likelihood,
+            "num_mixtures": num_mixtures,
+            **arch,
+        }
+        self.image_shape, self.num_classes = image_shape, num_classes
+        self.likelihood = make_likelihood(
+            likelihood, **({"num_mixtures": num_mixtures} if likelihood == "logistic_mixture" else {})
+        )
+        self.pad = (32 - image_shape[1]) // 2  # 28x28 -> 32x32
+        # the resolutions of the latent groups, lowest first: (4, 8, 16) for three entries; 32x32 comes last
+        self.resolutions = tuple(16 // 2 ** (len(gpr) - 1 - i) for i in range(len(gpr)))
+        self.group_shapes = [(Z, r, r) for r, n in zip(self.resolutions, gpr, strict=True) for _ in range(n)]
+        self.latent_dim = sum(c * h * w for c, h, w in self.group_shapes)
+        top, G = len(gpr), sum(gpr)  # widths[top] is the width at 32x32
+
+        def stage(i):  # the residual blocks at resolution level i, of width widths[i]
+            return [ResBlock(widths[i], max(widths[i] // 4, 1)) for _ in range(blocks)]
+
+        def change_width(a, b):  # a 1x1 convolution between levels of different widths
+            return nn.Conv2d(a, b, 1) if a != b else nn.Identity()
+
+        # bottom-up: (B,C,32,32) -> (B,w,32,32) -> blocks -> avg-pool, change width, blocks -> ... lowest level
+        self.stem = nn.Conv2d(image_shape[0], widths[top], 3, padding=1)
+        self.encoder = nn.ModuleList(
+            nn.Sequential(change_width(widths[min(i + 1, top)], widths[i]), *stage(i)) for i in range(top + 1)
+        )
+        # top-down: a learned constant at the lowest level, its groups, then change width, upsample, groups, ...
+        self.h0 = nn.Parameter(torch.zeros(1, widths[0], self.resolutions[0], self.resolutions[0]))
+        self.groups = nn.ModuleList(
+            nn.ModuleList(LatentGroup(widths[i], Z, G) for _ in range(n)) for i, n in enumerate(gpr)
+        )
+        self.up = nn.ModuleList(change_width(widths[i - 1], widths[i]) for i in range(1, top + 1))
+        self.label_embeddings = (
+            nn.ModuleList(nn.Embedding(num_classes, w) for w in widths) if num_classes else None
+        )  # one per resolution, 32x32 included
+        self.out_blocks = nn.Sequential(*stage(top))
+        self.out = nn.Sequential(nn.GELU(), nn.Conv2d(widths[top], self.likelihood.out_channels(image_shape[0]), 1))
+
+    def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Dtype and shape of images and labels; no value checks, which would wait for a GPU every step."""
+        if not torch.is_floating_point(x):
+            raise TypeError(f"images must be float in [0, 1], got {x.dtype}; divide uint8 images by 255")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            shape = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"images must have shape (B, {shape}), got {tuple(x.shape)}")
+        self._check_label_type(y, len(x))
+
+    def _check_label_type(self, y, batch_size):
+        if self.num_classes == 0:
+            if y is not None:
+                raise ValueError("this is an unconditional model (num_classes=0): pass no labels")
+            return
+        if y is None:
+            raise ValueError(f"this model needs labels: pass y, a (B,) tensor of ints in [0, {self.num_classes})")
+        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise TypeError(f"labels must be integers in [0, {self.num_classes}) (torch.int64), got {y.dtype}")
+        if tuple(y.shape) != (batch_size,):
+            raise ValueError(f"labels must have shape ({batch_size},), one per image, got {tuple(y.shape)}")
+
+    def _add_label(self, h, y, level):
+        # (B,w,r,r) + (B,w,1,1): the label's embedding for this resolution, broadcast over the map
+        return h if y is None else h + self.label_embeddings[level](y.long())[:, :, None, None]
+
+    def _bottom_up(self, x):
+        """Encoder activations {r: (B,w_r,r,r)} for every latent resolution r."""
+        top = len(self.resolutions)
+        h = self.encoder[top](self.stem(F.pad(x, [self.pad] * 4)))  # (B,C,32,32) -> (B,w,32,32)
+        activations = {}
+        for i in reversed(range(top)):
+            h = self.encoder[i](F.avg_pool2d(h, 2))  # (B,w[i+1],2r,2r) -> (B,w[i],r,r)
+            activations[self.resolutions[i]] = h
+        return activations
+
+    def _up(self, h, i):
+        # 1x1 width change, then nearest upsampling (they commute; cheaper in this order): (B,w,r,r) -> (B,w',2r,2r)
+        return F.interpolate(self.up[i - 1](h), scale_factor=2, mode="nearest")
+
+    def _top_down(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0):
+        """The decoder: learned constant -> groups, lowest resolution first -> params (B,P,H,W), group stats."""
+        h, stats, g = self.h0.expand(batch_size, -1, -1, -1), [], 0  # (1,w,r0,r0) -> (B,w,r0,r0)
+        for i, (r, groups) in enumerate(zip(self.resolutions, self.groups, strict=True)):
+            h = self._add_label(self._up(h, i) if i else h, y, i)
+            for group in groups:
+                e = None if activations is None else activations[r]
+                h, group_stats = group(h, e, from_prior=g in prior_groups, temperature=temperature)
+                stats.append(group_stats)
+                g += 1
+        top = len(self.resolutions)
+        h = self.out_blocks(self._add_label(self._up(h, top), y, top))  # (B,w,16,16) -> (B,w',32,32)
+        params = self.out(h)  # (B,w',32,32) -> (B,P,32,32)
+        if self.pad:  # (B,P,32,32) -> (B,P,28,28)
+            params = params[:, :, self.pad : -self.pad, self.pad : -self.pad]
+        return params, stats
+
+    def forward(self, x, y=None, prior_groups=()):
+        """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 6).
+
+        Returns a dict: ``params`` (B,P,H,W), ``x_hat`` (B,C,H,W), ``log_px`` (B,) = log p(x|z,y), and
+        ``groups``, one (mu, logvar, prior_mu, prior_logvar) of (B, D_g) tensors per group, top-down:
+        ``gaussian_kl(*group)`` is its KL per dimension. A group whose index is in ``prior_groups``
+        draws z from its prior (resample one group, keep the others); its entry still reports q and p.
+        """
+        self.check_inputs(x, y)
+        prior_groups = set(prior_groups)
+        if not prior_groups <= set(range(len(self.group_shapes))):
+            raise ValueError(
+                f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
+            )
+        params, groups = self._top_down(y, len(x), self._bottom_up(x), prior_groups)
+        return {
+            "params": params,
+            "x_hat": self.likelihood.mean(params),
+            "log_px": self.likelihood.log_prob(params, x),
+            "groups": groups,
+        }
+
+    @torch.no_grad()
+    def sample(self, labels=None, temperature=1.0, num_samples=None, mean=False):
+        """Images from the prior, (N,C,H,W) in [0, 1] (chapter 6): a label each, or ``num_samples`` without.
+
+        Every group draws z_g = prior_mu + temperature * prior_std * eps. The pixels are a sample of
+        the likelihood when it has a ``sample`` (the mixture's honest 8-bit image: noisy even at
+        temperature 0), else its mean; ``mean=True`` always returns the mean x_hat, so that at
+        temperature 0 the image is a deterministic function of the label.
+        """
+        device = self.h0.device
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("a conditional model samples per label: pass labels, e.g. torch.arange(10)")
+            labels = torch.as_tensor(labels)
+            if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
+                raise TypeError(
+                    f"labels must be a 1-d tensor of ints in [0, {self.num_classes}), got "
+                    f"{labels.dtype} of shape {tuple(labels.shape)}"
+                )
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(
+                    f"labels must be in [0, {self.num_classes}), got values from {int(labels.min())} "
+                    f"to {int(labels.max())}"
+                )
+            labels, num_samples = labels.to(device), len(labels)
+        elif labels is not None:
+            raise ValueError("this is an unconditional model (num_classes=0): pass num_samples, not labels")
+        elif not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"an unconditional model needs num_samples, a positive integer, got {num_samples!r}")
+        params, _ = self._top_down(labels, num_samples, temperature=temperature)
+        if mean or not hasattr(self.likelihood, "sample"):
+            return self.likelihood.mean(params)
+        return self.likelihood.sample(params)

@@ -1,0 +1,196 @@
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from cvaelib.hierarchical import HierarchicalCVAE
+from cvaelib.losses import gaussian_kl
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose much when another job shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**kwargs):
+    """A tiny model whose zero-initialised last layers are perturbed: priors that depend on z_<g and y."""
+    torch.manual_seed(0)
+    model = HierarchicalCVAE(size="tiny", **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def batch(n=3, shape=(3, 32, 32)):
+    torch.manual_seed(1)
+    return torch.randint(0, 256, (n, *shape)) / 255, torch.arange(n) % 10
+
+
+def test_output_shapes():
+    model = tiny()
+    x, y = batch()
+    out = model(x, y)
+    assert set(out) == {"params", "x_hat", "log_px", "groups"}
+    assert out["params"].shape == (3, model.likelihood.out_channels(3), 32, 32) == (3, 100, 32, 32)
+    assert out["x_hat"].shape == (3, 3, 32, 32) and 0 <= out["x_hat"].min() and out["x_hat"].max() <= 1
+    assert out["log_px"].shape == (3,)
+    assert [g[0].shape for g in out["groups"]] == [(3, c * h * w) for c, h, w in model.group_shapes]
+    assert all(t.shape == group[0].shape for group in out["groups"] for t in group)
+    assert model.latent_dim == sum(group[0].shape[1] for group in out["groups"])
+
+
+def test_groups_sit_at_three_or_more_resolutions_top_down():
+    model = HierarchicalCVAE(size="tiny", widths=(8, 8, 8, 8, 8), groups_per_resolution=(1, 2, 2, 1))
+    assert model.resolutions == (2, 4, 8, 16)
+    assert [r for _, r, _ in model.group_shapes] == [2, 4, 4, 8, 8, 16]
+    out = model(*batch(2))
+    assert len(out["groups"]) == 6
+    small = HierarchicalCVAE(size="small")
+    assert small.resolutions == (4, 8, 16) and len(small.group_shapes) == sum(small.config["groups_per_resolution"])
+
+
+def test_kl_of_each_group_matches_torch_distributions():
+    for mu, logvar, prior_mu, prior_logvar in tiny()(*batch())["groups"]:
+        q, p = Normal(mu, (0.5 * logvar).exp()), Normal(prior_mu, (0.5 * prior_logvar).exp())
+        torch.testing.assert_close(gaussian_kl(mu, logvar, prior_mu, prior_logvar), kl_divergence(q, p))
+        assert (prior_logvar.abs() < 5).all() and (logvar.abs() < 10).all()  # soft-clamped
+
+
+def test_priors_start_at_standard_normal_and_posteriors_near_them():
+    model = HierarchicalCVAE(size="tiny")
+    for mu, logvar, prior_mu, prior_logvar in model(*batch())["groups"]:
+        assert prior_mu.abs().max() == 0 and prior_logvar.abs().max() == 0  # the prior head starts at zero
+        assert 0 < gaussian_kl(mu, logvar, prior_mu, prior_logvar).mean() < 1  # nats per dimension
+
+
+def test_log_px_is_the_likelihood_of_the_params():
+    model = tiny()
+    x, y = batch()
+    out = model(x, y)
+    torch.testing.assert_close(out["log_px"], model.likelihood.log_prob(out["params"], x))
+    torch.testing.assert_close(out["x_hat"], model.likelihood.mean(out["params"]))
+
+
+def test_prior_groups_resample_one_group_and_keep_the_others():
+    model = tiny()
+    x, y = batch()
+    torch.manual_seed(2)
+    posterior = model(x, y)
+    torch.manual_seed(2)
+    again = model(x, y)
+    torch.manual_seed(2)
+    resampled = model(x, y, prior_groups=[1])
+    torch.testing.assert_close(again["params"], posterior["params"])  # the same noise gives the same output
+    assert not torch.allclose(resampled["params"], posterior["params"])
+    # groups 0 and 1 see the same z_0: their posteriors and priors are unchanged; group 2 sees another z_1
+    for g in (0, 1):
+        for a, b in zip(resampled["groups"][g], posterior["groups"][g], strict=True):
+            torch.testing.assert_close(a, b)
+    assert not torch.allclose(resampled["groups"][2][0], posterior["groups"][2][0])
+    with pytest.raises(ValueError, match=r"prior_groups must be group indices in \[0, 3\)"):
+        model(x, y, prior_groups=[3])
+
+
+def test_temperature_zero_and_labels():
+    model = tiny()
+    labels = torch.tensor([4, 4, 7])
+    a = model.sample(labels, temperature=0.0, mean=True)
+    b = model.sample(labels, temperature=0.0, mean=True)
+    assert a.shape == (3, 3, 32, 32) and 0 <= a.min() and a.max() <= 1
+    torch.testing.assert_close(a, b)  # temperature 0 and the mean image: deterministic
+    torch.testing.assert_close(a[0], a[1])  # the same label, the same image
+    assert not torch.allclose(a[0], a[2])  # another label, another image
+    assert not torch.allclose(model.sample(labels, mean=True), a)  # temperature 1: other latents
+    # by default the pixels are a sample of the mixture: noisy even at temperature 0, on the 256 levels
+    c, d = model.sample(labels, temperature=0.0), model.sample(labels, temperature=0.0)
+    assert not torch.equal(c, d)
+    torch.testing.assert_close(c * 255, (c * 255).round(), atol=1e-4, rtol=0)
+
+
+def test_rebuild_from_config_gives_identical_outputs():
+    model = tiny()
+    rebuilt = HierarchicalCVAE(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    x, y = batch()
+    torch.manual_seed(3)
+    expected = model(x, y)
+    torch.manual_seed(3)
+    out = rebuilt(x, y)
+    torch.testing.assert_close(out["params"], expected["params"])
+    torch.testing.assert_close(out["log_px"], expected["log_px"])
+    assert rebuilt.config == model.config and model.config["widths"] == (16, 16, 16, 16)
+
+
+def test_bad_labels_and_inputs_are_rejected():
+    model = tiny()
+    x, _ = batch(2)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\), got values from 0 to 10"):
+        model.sample(torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
+        model.sample(torch.tensor([-1]))
+    with pytest.raises(TypeError, match=r"labels must be a 1-d tensor of ints in \[0, 10\)"):
+        model.sample(torch.tensor([0.5]))
+    with pytest.raises(TypeError, match=r"labels must be integers in \[0, 10\)"):
+        model(x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        model(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="needs labels"):
+        model(x)
+    with pytest.raises(TypeError, match="images must be float"):
+        model((x * 255).byte(), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 32, 32\)"):
+        model(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        HierarchicalCVAE(size="huge")
+    with pytest.raises(ValueError, match="widths needs one entry per latent resolution"):
+        HierarchicalCVAE(size="tiny", widths=(8, 8, 8))
+
+
+def test_unconditional_grey_model():
+    model = HierarchicalCVAE((1, 28, 28), num_classes=0, size="tiny", likelihood="bernoulli")
+    x = torch.rand(2, 1, 28, 28)
+    out = model(x)
+    assert out["params"].shape == (2, 1, 28, 28) and out["log_px"].shape == (2,)
+    assert model.sample(num_samples=3).shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError, match="unconditional"):
+        model(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="num_samples"):
+        model.sample()
+
+
+def test_float64_model_keeps_its_dtype():
+    model = tiny().double()
+    x, y = batch(2)
+    out = model(x.double(), y)
+    assert out["params"].dtype == out["log_px"].dtype == out["groups"][0][0].dtype == torch.float64
+    assert model.sample(y, mean=True).dtype == torch.float64
+
+
+def test_small_preset_has_one_to_five_million_parameters():
+    count = sum(p.numel() for p in HierarchicalCVAE(size="small").parameters())
+    assert 1e6 <= count <= 5e6
+    assert sum(p.numel() for p in HierarchicalCVAE(size="full").parameters()) > 2 * count
+
+
+def test_one_adam_step_keeps_everything_finite():
+    model = tiny()
+    x, y = batch(4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(4)  # the same noise in both steps: only the step changes the loss
+        out = model(x, y)
+        kl = sum(gaussian_kl(*group).sum(1) for group in out["groups"])  # (B,)
+        loss = (kl - out["log_px"]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert losses[1] < losses[0]  # nats per image; the same batch, so one step helps

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import make_likelihood
+from .models import sample_labels
 
 # Presets; any value can be overridden by the constructor argument of the same name.
 # "tiny" exists for the tests; "small" trains on a CPU; "full" wants a GPU.
@@ -91,7 +92,7 @@ class ResBlock(nn.Module):
 
 
 class LatentGroup(nn.Module):
-    """One latent group z_g of ``latent_channels`` maps at one resolution r (chapter 6)."""
+    """One latent group z_g of ``latent_channels`` maps at one resolution r (chapter 4)."""
 
     def __init__(self, width: int, latent_channels: int, num_groups: int):
         super().__init__()
@@ -128,7 +129,7 @@ class LatentGroup(nn.Module):
 
 
 class HierarchicalCVAE(nn.Module):
-    """A top-down hierarchical CVAE p(x | z_1..G, y) prod_g p(z_g | z_<g, y) (chapter 6).
+    """A top-down hierarchical CVAE p(x | z_1..G, y) prod_g p(z_g | z_<g, y) (chapter 4).
 
     ``groups_per_resolution`` lists the groups at each resolution, from the lowest to 16x16: three
     entries give 4x4, 8x8 and 16x16; five give 1x1 up to 16x16. ``num_classes=0``: unconditional.
@@ -271,7 +272,7 @@ class HierarchicalCVAE(nn.Module):
         return params, stats
 
     def forward(self, x, y=None, prior_groups=()):
-        """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 6).
+        """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 4).
 
         Returns a dict: ``params`` (B,P,H,W), ``x_hat`` (B,C,H,W), ``log_px`` (B,) = log p(x|z,y), and
         ``groups``, one (mu, logvar, prior_mu, prior_logvar) of (B, D_g) tensors per group, top-down:
@@ -294,7 +295,7 @@ class HierarchicalCVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, labels=None, temperature=1.0, num_samples=None, mean=False):
-        """Images from the prior, (N,C,H,W) in [0, 1] (chapter 6): a label each, or ``num_samples`` without.
+        """Images from the prior, (N,C,H,W) in [0, 1] (chapter 4): a label each, or ``num_samples`` without.
 
         Every group draws z_g = prior_mu + temperature * prior_std * eps. The pixels are a sample of
         the likelihood when it has a ``sample`` (the mixture's honest 8-bit image: noisy even at
@@ -305,18 +306,8 @@ class HierarchicalCVAE(nn.Module):
         if self.num_classes:
             if labels is None:
                 raise ValueError("a conditional model samples per label: pass labels, e.g. torch.arange(10)")
-            labels = torch.as_tensor(labels)
-            if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
-                raise TypeError(
-                    f"labels must be a 1-d tensor of ints in [0, {self.num_classes}), got "
-                    f"{labels.dtype} of shape {tuple(labels.shape)}"
-                )
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
-                    f"labels must be in [0, {self.num_classes}), got values from {int(labels.min())} "
-                    f"to {int(labels.max())}"
-                )
-            labels, num_samples = labels.to(device), len(labels)
+            labels = sample_labels(labels, self.num_classes, device)
+            num_samples = len(labels)
         elif labels is not None:
             raise ValueError("this is an unconditional model (num_classes=0): pass num_samples, not labels")
         elif not isinstance(num_samples, int) or num_samples < 1:

@@ -116,7 +116,7 @@ class DiscretizedLogistic(Likelihood):
 class DiscretizedLogisticMixture(Likelihood):
     """PixelCNN++'s output layer: a mixture of K discretized logistics per pixel (Salimans et al. 2017).
 
-    The hierarchical VAE's likelihood (chapter 6). Every pixel gets K mixture logits, and per
+    The hierarchical VAE's likelihood (chapter 4). Every pixel gets K mixture logits, and per
     component and channel a mean logit (sigmoid -> [0, 1], like ``DiscretizedLogistic``) and a
     log-scale; the channels of a pixel depend on each other through C(C-1)/2 coefficients per
     component in (-1, 1): on the [-1, 1] scale, channel c's mean is shifted by
@@ -185,7 +185,7 @@ class DiscretizedLogisticMixture(Likelihood):
         return ((weights.unsqueeze(1) * torch.stack(means, dim=1)).sum(dim=2) + 1) / 2  # (B,C,K,H,W) -> (B,C,H,W)
 
     def sample(self, params: torch.Tensor) -> torch.Tensor:
-        """An image drawn from the mixture, (B,C,H,W), of 8-bit values k/255 (chapter 6).
+        """An image drawn from the mixture, (B,C,H,W), of 8-bit values k/255 (chapter 4).
 
         Per pixel: a component from Categorical(pi), then channel after channel a logistic
         sample rounded to the nearest of the 256 values, which feeds the later channels' means.

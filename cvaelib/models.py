@@ -122,6 +122,18 @@ def check_labels(y: torch.Tensor, num_classes: int) -> None:
         raise ValueError(f"labels must be in [0, {num_classes}), got values from {int(y.min())} to {int(y.max())}")
 
 
+def sample_labels(labels, num_classes: int, device) -> torch.Tensor:
+    """The labels a model is asked to sample, checked (a 1-d tensor of ints in range) and on ``device``."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
+        shape = tuple(labels.shape)
+        raise TypeError(
+            f"labels must be a 1-d tensor of ints in [0, {num_classes}), got {labels.dtype} of shape {shape}"
+        )
+    check_labels(labels, num_classes)
+    return labels.to(device)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a CVAE (chapters 1-4, ``python -m cvaelib train``); stored in checkpoints.
@@ -286,14 +298,7 @@ class CVAE(nn.Module):
         if self.num_classes:
             if labels is None:
                 raise ValueError("a CVAE samples per label: pass labels, e.g. torch.arange(10)")
-            labels = torch.as_tensor(labels)
-            if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
-                raise TypeError(
-                    f"labels must be a 1-d tensor of ints in [0, {self.num_classes}), got {labels.dtype} "
-                    f"of shape {tuple(labels.shape)}"
-                )
-            check_labels(labels, self.num_classes)
-            labels = labels.to(device)
+            labels = sample_labels(labels, self.num_classes, device)
             num_samples = len(labels)
         elif num_samples is None:
             raise ValueError("a VAE has no labels: pass num_samples")

@@ -196,9 +196,27 @@ class Batches:
     No per-sample PIL or DataLoader work: one index, one gather, one division per batch.
     Shuffling is seeded by (seed, epoch); ``fit`` calls ``set_epoch`` so a resumed run
     sees exactly the batches it would have seen.
+
+    With ``world_size`` > 1 (``torchrun``, ``python -m cvaelib train``), process ``rank`` takes its
+    shard ``order[rank::world_size]`` of every epoch's permutation, the same on every process. The
+    tail is dropped: the last ``len(images) % world_size`` images of each permutation (a different
+    few each epoch when shuffling) are left out, so that every process has the same number of
+    batches and none waits for another. With a per-process ``batch_size`` of the global one divided
+    by ``world_size``, the processes' i-th batches together are one process's i-th global batch.
     """
 
-    def __init__(self, images, labels, batch_size=128, shuffle=True, device="cpu", seed=0, drop_last=False):
+    def __init__(
+        self,
+        images,
+        labels,
+        batch_size=128,
+        shuffle=True,
+        device="cpu",
+        seed=0,
+        drop_last=False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if images.dtype != torch.uint8:
             raise TypeError(f"Batches expects uint8 images as returned by load(), got {images.dtype}")
         if len(images) != len(labels):
@@ -207,16 +225,27 @@ class Batches:
             raise ValueError("Batches got no images: the dataset (or the subset taken from it) is empty")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an integer in 0..{world_size - 1}, got {rank!r}")
+        if len(images) < world_size:
+            raise ValueError(f"{len(images)} images cannot be shared among {world_size} processes")
         self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the shuffling of the coming pass (the PyTorch sampler convention)."""
         self.epoch = epoch
 
+    def _shard_size(self) -> int:
+        """Images this process sees per epoch: all of them, or its equal share (the tail dropped)."""
+        return len(self.images) // self.world_size
+
     def __len__(self):
-        n = len(self.images)
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
@@ -226,6 +255,8 @@ class Batches:
             order = torch.randperm(n, generator=g).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
+        if self.world_size > 1:  # (n,) -> (n // world_size,): this process's shard
+            order = order[: self._shard_size() * self.world_size][self.rank :: self.world_size]
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.images[idx].float().div_(255), self.labels[idx]

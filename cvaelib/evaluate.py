@@ -35,12 +35,15 @@ def negative_elbo(model: nn.Module, batches) -> dict:
     return {k: v / n for k, v in totals.items()}
 
 
-def _log_weights(model, x, y, mu, logvar, k, max_images=4096):
+def _log_weights(model, x, y, mu, logvar, k, max_images=None):
     """log p(x, z_k) - log q(z_k | x) for K importance samples: (K, B).
 
-    The K samples are decoded together, in chunks of at most ``max_images`` images, instead of
-    one at a time: the same random numbers in the same order, a fraction of the calls.
+    The K samples are drawn at once and decoded in chunks of at most ``max_images`` images. On an
+    accelerator the default is 8192 (fewer, larger calls); on a CPU it is one batch per call, which
+    measured fastest there (a conv decoder on 2 cores: 3.9 s for 20 samples of 500 CIFAR-10 images
+    one batch at a time, 5.2 s eight batches at a time).
     """
+    max_images = max_images or (len(x) if x.device.type == "cpu" else 8192)
     prior_mu, prior_logvar = model.prior(y)
     z, log_qz = sample_with_log_prob(mu, logvar, num_samples=k)  # (K, B, D), (K, B)
     log_pz = gaussian_log_prob(

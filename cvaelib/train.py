@@ -4,6 +4,11 @@
 dict with a scalar ``"loss"`` to minimise and any other parts to report. How it optimises is
 a ``TrainConfig``, how fast it runs a ``SpeedConfig``: small frozen dataclasses that the
 command line, the chapters and the checkpoints share.
+
+Under ``torchrun`` (an initialised process group of several processes), ``fit`` trains one model
+with ``DistributedDataParallel``: each process its shard of the batches (``data.Batches`` with
+``rank`` and ``world_size``), gradients averaged by DDP, loss parts averaged over the processes,
+and only rank 0 shows progress and writes the checkpoint.
 """
 
 import math
@@ -14,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import check_writable, read_checkpoint, save_checkpoint
@@ -103,6 +110,54 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def _world_size() -> int:
+    """Processes of the initialised process group (``torchrun``, ``python -m cvaelib train``), else 1."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    """This process's rank in the process group; 0 without one."""
+    return dist.get_rank() if _world_size() > 1 else 0
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    """Where the small tensors of ``fit``'s collectives live: the GPU for nccl, the CPU for gloo."""
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A torch seed of its own for each (seed, epoch, process): distributed ranks draw different noise."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _rank0_decides(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every process (``max_minutes``: all processes stop after the same epoch)."""
+    if _world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=_comm_device(device))  # (1,)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class _DistributedForward:
+    """The model as ``loss_fn`` sees it under DDP: a call runs DDP's forward, attributes are the model's.
+
+    ``RemedyLoss`` and ``losses.elbo`` call ``model(x, y)`` (DDP's forward, whose backward averages the
+    gradients over the processes) and read ``model.likelihood``, ``model.num_classes`` and
+    ``model.training``, which DDP itself does not expose (it has ``.module``). A ``loss_fn`` under
+    DDP must run the model through this call, once per step, not through its other methods.
+    """
+
+    def __init__(self, ddp: nn.Module, model: nn.Module):
+        self._ddp, self._model = ddp, model
+
+    def __call__(self, *args, **kwargs):
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def _scalars(parts):
     return {k: v for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
 
@@ -116,11 +171,12 @@ class _EpochTotals:
     """An epoch's loss parts, kept on the device and copied to the host every few steps (a GPU waits at each copy).
 
     Each copy is checked: the first step whose loss parts, or whose parameters after the update, are not
-    finite stops training with an error that names it, before anything is saved.
+    finite stops training with an error that names it, before anything is saved. Under DDP the processes
+    agree on that step (an all_reduce at each copy), so that all of them stop together.
     """
 
-    def __init__(self, epoch, checkpoint):
-        self.epoch, self.checkpoint = epoch, checkpoint
+    def __init__(self, epoch, checkpoint, device=None):
+        self.epoch, self.checkpoint, self.device = epoch, checkpoint, device
         self.names, self.pending, self.totals, self.n, self.steps = None, [], 0.0, 0, 0
 
     def add(self, parts, model, size):
@@ -134,11 +190,12 @@ class _EpochTotals:
         if not self.pending:
             return
         rows = torch.stack([flags for flags, _ in self.pending]).cpu()  # (steps, parts + finite flag)
-        bad_steps = (~torch.isfinite(rows[:, :-1])).any(dim=1) | (rows[:, -1] == 0)
-        if bad_steps.any():
-            i = int(bad_steps.nonzero()[0])
+        bad_steps = (~torch.isfinite(rows[:, :-1])).any(dim=1) | (rows[:, -1] == 0)  # (steps,)
+        i = self._first_bad(bad_steps)
+        if i is not None:
             bad = {k: float(v) for k, v in zip(self.names, rows[i]) if not math.isfinite(v)}
-            what = ", ".join(f"{k}={v}" for k, v in bad.items()) or "the parameters are no longer finite"
+            here = "the parameters are no longer finite" if rows[i, -1] == 0 else "on another process"
+            what = ", ".join(f"{k}={v}" for k, v in bad.items()) or here
             path = self.checkpoint
             kept = f" The last good checkpoint, {path}, is kept." if path and Path(path).exists() else ""
             raise FloatingPointError(
@@ -148,6 +205,25 @@ class _EpochTotals:
         sizes = torch.tensor([size for _, size in self.pending], dtype=rows.dtype)
         self.totals = self.totals + (rows[:, :-1] * sizes[:, None]).sum(0)
         self.steps, self.pending = self.steps + len(rows), []
+
+    def _first_bad(self, bad_steps):
+        """The first flagged step of these pending ones on any process, or None."""
+        first = int(bad_steps.nonzero()[0]) if bad_steps.any() else len(bad_steps)
+        if _world_size() > 1:  # every process flushes the same number of steps at the same time
+            t = torch.tensor([first], device=_comm_device(self.device))  # (1,)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            first = int(t.item())
+        return None if first == len(bad_steps) else first
+
+    def reduce(self):
+        """Sum the totals and image counts of all processes, once per epoch: the means are then global."""
+        if _world_size() == 1:
+            return
+        sums = torch.as_tensor(self.totals, dtype=torch.float64).flatten()  # (parts,)
+        t = torch.cat([sums, sums.new_tensor([self.n])]).to(_comm_device(self.device))  # (parts + 1,)
+        dist.all_reduce(t)
+        t = t.cpu()
+        self.totals, self.n = t[:-1], int(t[-1])
 
     def means(self):
         return {k: float(v) / self.n for k, v in zip(self.names, self.totals)}
@@ -210,13 +286,27 @@ def fit(
     a later call with the same checkpoint goes on from there.
     A loss part or a parameter that is no longer finite stops training with an error before
     anything is saved, so the last good checkpoint stays.
+
+    In an initialised process group of several processes (``torchrun``), the model is trained with
+    ``DistributedDataParallel``: ``train_batches`` must be this process's shard (``data.Batches`` with
+    ``rank`` and ``world_size``), ``loss_fn`` gets a module whose call is DDP's forward, the reported
+    train parts are averaged over the processes, each process draws its own noise (seeded by seed,
+    epoch and rank), and only rank 0 shows progress and writes the checkpoint; every process resumes
+    from it. ``max_minutes`` and a divergence stop all processes after the same epoch, or at the same step.
     """
     if not isinstance(num_epochs, int) or num_epochs < 1:
         raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
     _check_positive("max_minutes", max_minutes)
     if len(train_batches) == 0:
         raise ValueError("the training set gives no batches: it is empty, or smaller than one batch with drop_last")
-    if checkpoint is not None:
+    world, rank = _world_size(), _rank()
+    if world > 1 and getattr(train_batches, "world_size", world) != world:
+        raise ValueError(
+            f"train_batches are shared among {train_batches.world_size} processes, but {world} are training: "
+            f"build them with data.Batches(..., rank={rank}, world_size={world})"
+        )
+    progress = progress and rank == 0  # the other processes are quiet
+    if checkpoint is not None and rank == 0:  # only rank 0 writes it
         check_writable(checkpoint)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
@@ -227,8 +317,15 @@ def fit(
     seed_everything(config.seed)
     if checkpoint is not None and Path(checkpoint).exists():
         history, start = _resume(checkpoint, meta, model, optimizer)
+    run = model
+    if world > 1:  # broadcasts rank 0's parameters; its backward averages the gradients
+        run = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" and device.index is not None else None
+        )
     # A compiled module shares its parameters with ``model`` and passes attributes through.
-    run = torch.compile(model) if speed.compile else model
+    run = torch.compile(run) if speed.compile else run
+    if world > 1:
+        run = _DistributedForward(run, model)
     started = time.monotonic()
 
     def to_device(x, y):
@@ -255,8 +352,10 @@ def fit(
         for thing in (train_batches, loss_fn):  # seeded shuffling; a loss with a KL schedule
             if hasattr(thing, "set_epoch"):
                 thing.set_epoch(epoch)
+        if world > 1:  # each process its own eps, fixed by (seed, epoch, rank): a resumed run goes on the same
+            torch.manual_seed(_rank_seed(config.seed, epoch, rank))
         model.train()
-        totals, skipped = _EpochTotals(epoch, checkpoint), 0
+        totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
         bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
         for x, y in bar:
             x, y = to_device(x, y)
@@ -269,6 +368,7 @@ def fit(
                 totals.flush()
                 bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
         totals.flush()
+        totals.reduce()
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
         if config.skip_grad_norm is not None:
             record["skipped_updates"] = skipped
@@ -278,7 +378,7 @@ def fit(
         history.append(record)
         if progress:
             tqdm.write("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_checkpoint(
                 checkpoint,
                 model=model.state_dict(),
@@ -288,7 +388,11 @@ def fit(
                 rng=_rng_state(),
                 meta=meta or {},
             )
-        if max_minutes is not None and time.monotonic() - started > 60 * max_minutes and epoch + 1 < num_epochs:
+        if (
+            max_minutes is not None
+            and _rank0_decides(time.monotonic() - started > 60 * max_minutes, device)
+            and epoch + 1 < num_epochs
+        ):
             if progress:
                 tqdm.write(
                     f"stopped after {max_minutes:g} minutes, at epoch {epoch + 1} of {num_epochs}"

@@ -91,3 +91,27 @@ def test_remedy_table_runs(data_root, tmp_path, capsys):
     assert set(rows) == {"real test images", "constant", "collapse"}
     assert rows["constant"]["samples"].shape == (20, 3, 32, 32) and (tmp_path / "samples.png").exists()
     assert "| collapse |" in capsys.readouterr().out
+
+
+def test_time_to_quality_runs(data_root, capsys):
+    results = _load("time_to_quality").main(
+        [
+            "--datasets",
+            "mnist",
+            "--peer-epochs",
+            "1",
+            "--default-epochs",
+            "1",
+            "--samples-per-class",
+            "2",
+            "--judge-epochs",
+            "1",
+            "--train-size",
+            "1024",
+            "--no-command",
+        ]
+    )
+    r = results[0]
+    assert len(r["default"]) == len(r["peer"]) == 1 and all(0 <= acc <= 1 for _, acc in r["default"] + r["peer"])
+    assert r["peer_to_peer_final"] == r["peer"][0][0]  # the peer reaches its own final accuracy at its last epoch
+    assert "time to the peer's final" in capsys.readouterr().out

@@ -1,0 +1,207 @@
+"""Time to a model that draws what it is asked for: the course default against a pytorch/examples loop.
+
+    python benchmarks/time_to_quality.py --datasets mnist fashion_mnist
+
+For each dataset, in one run: trains the judge (``cvaelib.judge.Classifier``) on the real training
+set, then (a) the command line's default CVAE (``cvaelib.cli.DEFAULTS``: model, batch size,
+learning rate, epochs) and (b) a peer written the way pytorch/examples writes its VAE (an MLP CVAE
+784+10 -> 400 -> 20, a torchvision ``ToTensor`` dataset in a ``DataLoader``, the standard normal
+prior, Adam 1e-3, batch 128, binary cross-entropy summed per image). After every epoch both draw
+``--samples-per-class`` prior samples per class, which the judge classifies. Only training is
+timed. Prints each curve, the seconds each needs to reach the accuracy the peer ends with, their
+ratio, and the seconds the default needs to reach ``--target``.
+"""
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cvaelib import CVAE, data
+from cvaelib.cli import default_settings
+from cvaelib.cli import main as cli
+from cvaelib.judge import classifier_accuracy, judge_samples, train_classifier
+from cvaelib.losses import elbo
+from cvaelib.train import TrainConfig, fit, seed_everything
+
+TARGETS = {"mnist": 0.98, "fashion_mnist": 0.90}
+
+
+class PeerCVAE(nn.Module):
+    """pytorch/examples' VAE with the one-hot label concatenated to the encoder's and decoder's inputs."""
+
+    def __init__(self, num_classes=10, hidden=400, latent_dim=20):
+        super().__init__()
+        self.num_classes, self.latent_dim = num_classes, latent_dim
+        self.fc1 = nn.Linear(784 + num_classes, hidden)
+        self.fc21, self.fc22 = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+        self.fc3 = nn.Linear(latent_dim + num_classes, hidden)
+        self.fc4 = nn.Linear(hidden, 784)
+
+    def decode(self, z, c):
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(torch.cat([z, c], 1)))))
+
+    def forward(self, x, c):
+        h = F.relu(self.fc1(torch.cat([x.view(-1, 784), c], 1)))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z, c), mu, logvar
+
+    @torch.no_grad()
+    def sample(self, labels):
+        c = F.one_hot(labels, self.num_classes).float()
+        return self.decode(torch.randn(len(labels), self.latent_dim), c).view(-1, 1, 28, 28)
+
+
+class ToTensorDataset(Dataset):
+    """What torchvision's MNIST with ``transforms.ToTensor()`` gives: a PIL image per item, made a tensor."""
+
+    def __init__(self, images, labels):
+        from torchvision.transforms.functional import to_pil_image, to_tensor
+
+        self.images, self.labels, self.to_pil, self.to_tensor = images, labels, to_pil_image, to_tensor
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.to_tensor(self.to_pil(self.images[i])), int(self.labels[i])
+
+
+def _judged(judge, sample, samples_per_class, seed=0):
+    torch.manual_seed(seed)
+    requested = torch.arange(10).repeat_interleave(samples_per_class)
+    return judge_samples(judge, sample(requested).cpu(), requested)["accuracy"]
+
+
+def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
+    """(training seconds so far, judged accuracy) after each epoch of the pytorch/examples-style loop."""
+    x, y = data.load(dataset, "train")
+    x, y = x[:train_size], y[:train_size]
+    torch.manual_seed(0)
+    model = PeerCVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(ToTensorDataset(x, y), batch_size=128, shuffle=True)
+    curve, seconds = [], 0.0
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for images, labels in loader:
+            x_hat, mu, logvar = model(images, F.one_hot(labels, 10).float())
+            bce = F.binary_cross_entropy(x_hat, images.view(-1, 784), reduction="sum")
+            loss = bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            optimizer.zero_grad()
+            (loss / len(images)).backward()
+            optimizer.step()
+        seconds += time.perf_counter() - start
+        model.eval()
+        curve.append((seconds, _judged(judge, model.sample, samples_per_class)))
+    return curve
+
+
+def default_curve(dataset, judge, epochs, samples_per_class, train_size=None):
+    """The same for the command line's default (``cvaelib.cli.default_settings``), trained by ``fit`` one epoch
+    at a time with one optimizer, so that the samples can be judged in between (the test pass is left out)."""
+    model_config, optim, batch_size, default_epochs = default_settings(dataset)
+    x, y = data.load(dataset, "train")
+    x, y = x[:train_size], y[:train_size]
+    seed_everything(0)
+    model = CVAE(**asdict(model_config))
+    optimizer = torch.optim.Adam(model.parameters(), lr=optim.lr)
+    curve, seconds = [], 0.0
+    for epoch in range(epochs or default_epochs):
+        batches = data.Batches(x, y, batch_size, seed=epoch)  # a new shuffle each epoch
+        start = time.perf_counter()
+        fit(model, elbo, batches, 1, optimizer=optimizer, config=TrainConfig(seed=epoch), device="cpu", progress=False)
+        seconds += time.perf_counter() - start
+        model.eval()
+        curve.append((seconds, _judged(judge, model.sample, samples_per_class)))
+    return curve
+
+
+def command_seconds(dataset):
+    """Wall time of ``python -m cvaelib train --dataset D`` itself: training, test passes, the final figures."""
+    with TemporaryDirectory() as runs:
+        start = time.perf_counter()
+        cli(["train", "--dataset", dataset, "--out", str(Path(runs) / "m.pt"), "--device", "cpu", "--no-progress"])
+        return time.perf_counter() - start
+
+
+def seconds_to(curve, accuracy):
+    return next((s for s, a in curve if a >= accuracy), None)
+
+
+def run(dataset, peer_epochs, default_epochs, samples_per_class, judge_epochs, with_command=True, train_size=None):
+    x, y = data.load(dataset, "train")
+    xt, yt = data.load(dataset, "test")
+    x, y = x[:train_size], y[:train_size]
+    judge, _ = train_classifier(x, y, num_epochs=judge_epochs, progress=False)
+    real = classifier_accuracy(judge, xt, yt)
+    ours = default_curve(dataset, judge, default_epochs, samples_per_class, train_size)
+    peer = peer_curve(dataset, judge, peer_epochs, samples_per_class, train_size)
+    peer_final = peer[-1][1]
+    return {
+        "dataset": dataset,
+        "judge_on_real_test": real,
+        "default": ours,
+        "peer": peer,
+        "peer_final": peer_final,
+        "default_to_peer_final": seconds_to(ours, peer_final),
+        "peer_to_peer_final": seconds_to(peer, peer_final),
+        "target": TARGETS.get(dataset),
+        "default_to_target": seconds_to(ours, TARGETS.get(dataset, 2.0)),
+        "command_seconds": command_seconds(dataset) if with_command else None,
+    }
+
+
+def _seconds(value):
+    return "not reached" if value is None else f"{value:.0f} s"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"], choices=sorted(TARGETS))
+    p.add_argument("--peer-epochs", type=int, default=20, help="pytorch/examples trains 10; 20 gives it time")
+    p.add_argument("--default-epochs", type=int, help="default: the command line's epochs for the dataset")
+    p.add_argument("--samples-per-class", type=int, default=100)
+    p.add_argument("--judge-epochs", type=int, default=2)
+    p.add_argument("--no-command", action="store_true", help="skip timing the whole default command")
+    p.add_argument("--train-size", type=int, help="train on the first N images only (a quick check)")
+    a = p.parse_args(argv)
+    results = []
+    for dataset in a.datasets:
+        r = run(
+            dataset,
+            a.peer_epochs,
+            a.default_epochs,
+            a.samples_per_class,
+            a.judge_epochs,
+            not a.no_command,
+            a.train_size,
+        )
+        results.append(r)
+        print(
+            f"\n{dataset}: judge {100 * r['judge_on_real_test']:.1f} % on real test images; "
+            f"{a.samples_per_class} prior samples per class judged after every epoch"
+        )
+        for name in ("default", "peer"):
+            print(f"  {name:8s} " + "  ".join(f"{s:.0f}s:{100 * acc:.1f}%" for s, acc in r[name]))
+        ratio = (r["peer_to_peer_final"] / r["default_to_peer_final"]) if r["default_to_peer_final"] else None
+        print(
+            f"  time to the peer's final {100 * r['peer_final']:.1f} %: default {_seconds(r['default_to_peer_final'])},"
+            f" peer {_seconds(r['peer_to_peer_final'])}" + (f" ({ratio:.1f}x faster)" if ratio else "")
+        )
+        print(f"  time to {100 * r['target']:.0f} %: default {_seconds(r['default_to_target'])}")
+        if r["command_seconds"] is not None:
+            print(f"  python -m cvaelib train --dataset {dataset}: {r['command_seconds']:.0f} s in all")
+    return results
+
+
+if __name__ == "__main__":
+    main()

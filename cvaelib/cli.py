@@ -343,7 +343,6 @@ def sample(args):
     else:  # a VAE has no classes: 10 * K unlabelled samples, label -1
         labels = torch.full((10 * args.n_per_class,), -1)
         images = model.sample(num_samples=len(labels))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, images=images.cpu().numpy().astype(np.float32), labels=labels.numpy().astype(np.int64))
     print(f"wrote {len(labels)} samples to {args.out}")
 

@@ -104,8 +104,13 @@ def posterior_and_prior(model: nn.Module, batches) -> tuple:
         mus.append(mu)
         logvars.append(logvar)
         labels.append(y)
-    labels = None if labels[0] is None else torch.cat(labels)
-    return torch.cat(mus), torch.cat(logvars), *model.prior(labels), labels
+    mu, logvar, labels = _gathered(mus, logvars, labels)
+    return mu, logvar, *model.prior(labels), labels
+
+
+def _gathered(mus, logvars, labels):
+    """The per-batch posteriors and labels of one pass as (N, D), (N, D) and (N,) (None for a VAE)."""
+    return torch.cat(mus), torch.cat(logvars), None if labels[0] is None else torch.cat(labels)
 
 
 def active_units(
@@ -193,8 +198,7 @@ def report(model: nn.Module, batches, k: int = 100, progress: bool = True) -> di
         logvars.append(logvar)
         labels.append(y)
     figures = {key: value / n for key, value in totals.items()}
-    mu, logvar = torch.cat(mus), torch.cat(logvars)
-    labels = None if labels[0] is None else torch.cat(labels)
+    mu, logvar, labels = _gathered(mus, logvars, labels)
     prior_mu, prior_logvar = model.prior(labels)
     units, _ = active_units(mu, labels=labels)
     return {

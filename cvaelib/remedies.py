@@ -121,15 +121,6 @@ class RemedyConfig:
         if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
             raise ValueError(f"kl_balance (alpha) must be in [0, 1], got {self.kl_balance!r}")
 
-    def check_model(self, latent_dim: int, likelihood: str, prior: str) -> None:
-        """Refuse, before any training, remedies the model cannot take."""
-        if self.group_sizes is not None and sum(self.group_sizes) != latent_dim:
-            raise ValueError(f"group sizes {self.group_sizes} do not add up to the latent size {latent_dim}")
-        if self.sigma == "optimal" and likelihood != "gaussian":
-            raise ValueError(f"the sigma-VAE's optimal sigma needs likelihood 'gaussian', not {likelihood!r}")
-        if self.kl_balance is not None and prior != "learned":
-            raise ValueError("KL balancing needs a learned prior: build the model with prior='learned'")
-
 
 class RemedyLoss:
     """A ``loss_fn`` for ``fit``: the negative ELBO with the remedies of a ``RemedyConfig`` (chapter 4).

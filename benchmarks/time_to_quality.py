@@ -108,7 +108,7 @@ def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
 def default_curve(dataset, judge, epochs, samples_per_class, train_size=None):
     """The same for the command line's default (``cvaelib.cli.default_settings``), trained by ``fit`` one epoch
     at a time with one optimizer, so that the samples can be judged in between (the test pass is left out)."""
-    model_config, optim, batch_size, default_epochs = default_settings(dataset)
+    model_config, _, optim, batch_size, default_epochs = default_settings(dataset)
     x, y = data.load(dataset, "train")
     x, y = x[:train_size], y[:train_size]
     seed_everything(0)

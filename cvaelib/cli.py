@@ -17,8 +17,9 @@ import torch.distributed as dist
 from . import data
 from .checkpoint import check_writable, load_checkpoint, read_checkpoint
 from .evaluate import report
+from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
-from .models import ARCHITECTURES, CONDITIONINGS, CVAE, PRIORS, ModelConfig
+from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
 from .remedies import RemedyConfig, RemedyLoss
 from .train import SpeedConfig, TrainConfig, default_device, evaluate_loss, fit, seed_everything
 
@@ -35,6 +36,20 @@ DEFAULTS = {
         arch="conv", latent_dim=64, likelihood="logistic", prior="learned", epochs=30, batch_size=128, lr=1e-3
     ),
 }
+# --arch hierarchical (chapter 4), on any dataset: its likelihood, batch and learning rate; a KL warm-up over the
+# first epoch, without which every latent group switched off within the first hundred steps on CIFAR-10 (chapter 4);
+# and VDVAE's guards: clip the gradient norm (typically 1e4 to 3e4 nats early on) and skip updates 100 times that.
+HIERARCHICAL = dict(
+    likelihood="logistic_mixture",
+    size="small",
+    epochs=30,
+    batch_size=32,
+    lr=1e-3,
+    schedule="linear",
+    warmup=1.0,
+    clip_grad=2e5,
+    skip_grad_norm=2e6,
+)
 
 
 def _number(kind, test, what):
@@ -74,8 +89,16 @@ def _parser():
         type=POSITIVE,
         help="stop cleanly after the epoch that passes M minutes of training; run the same command again to go on",
     )
-    t.add_argument("--latent-dim", type=POSITIVE_INT)
-    t.add_argument("--arch", choices=sorted(ARCHITECTURES))
+    t.add_argument("--latent-dim", type=POSITIVE_INT, help="size of z (mlp and conv)")
+    t.add_argument("--arch", choices=[*sorted(ARCHITECTURES), "hierarchical"])
+    t.add_argument("--size", choices=sorted(SIZES), help="--arch hierarchical: tiny, small (a CPU) or full (a GPU)")
+    t.add_argument(
+        "--groups-per-resolution",
+        type=POSITIVE_INT,
+        nargs="+",
+        help="--arch hierarchical: latent groups at each resolution, lowest first (overrides --size's)",
+    )
+    t.add_argument("--num-mixtures", type=POSITIVE_INT, help="components of --likelihood logistic_mixture (10)")
     t.add_argument("--likelihood", choices=sorted(LIKELIHOODS))
     t.add_argument("--sigma", type=POSITIVE, help="Gaussian likelihoods (gaussian, sigma): the (initial) sigma")
     t.add_argument("--conditioning", default="concat", choices=CONDITIONINGS)
@@ -83,11 +106,10 @@ def _parser():
     t.add_argument("--beta", type=NON_NEGATIVE, default=1.0, help="weight of the KL term")
     t.add_argument(
         "--schedule",
-        default="constant",
         choices=["constant", "linear", "cyclical"],
-        help="KL weight schedule (chapter 4)",
+        help="KL weight schedule (chapter 4); default: constant (--arch hierarchical: linear)",
     )
-    t.add_argument("--warmup", type=POSITIVE, default=1.0, help="epochs of the KL warm-up (or of all cycles)")
+    t.add_argument("--warmup", type=POSITIVE, help="epochs of the KL warm-up (or of all cycles); default 1")
     t.add_argument("--free-bits", type=NON_NEGATIVE, help="free bits: nats each latent dimension (or group) may keep")
     t.add_argument("--group-sizes", type=POSITIVE_INT, nargs="+", help="split the latent into groups of these sizes")
     t.add_argument("--group-balance", action="store_true", help="NVAE KL balancing of the groups during warm-up")
@@ -113,12 +135,21 @@ def _parser():
     s.add_argument("--n-per-class", type=POSITIVE_INT, default=10)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--seed", type=NATURAL, default=0)
+    s.add_argument(
+        "--temperature", type=NON_NEGATIVE, default=1.0, help="scale of the prior's standard deviations (0: its mean)"
+    )
     s.add_argument("--device")
 
     e = sub.add_parser("evaluate", help="print the test figures of a checkpoint as JSON")
     e.add_argument("--checkpoint", required=True, type=Path)
     e.add_argument("--k", type=POSITIVE_INT, default=100, help="importance samples of the IWAE bound")
     e.add_argument("--n", type=POSITIVE_INT, help="evaluate on the first N test images (default: all)")
+    e.add_argument(
+        "--stats-images",
+        type=POSITIVE_INT,
+        default=2000,
+        help="active units and mutual information on the first this many test images",
+    )
     e.add_argument("--seed", type=NATURAL, default=0)
     e.add_argument("--device")
     e.add_argument("--data-root")
@@ -127,7 +158,8 @@ def _parser():
 
 def _configs(args, parser):
     """The model, optimisation and remedy configurations of ``train``; option clashes are refused, named."""
-    defaults = DEFAULTS[args.dataset]
+    hierarchical = args.arch == "hierarchical"
+    defaults = _defaults(args)
     conditional = args.model == "cvae"
 
     def pick(value, key):  # `is None`, not `or`: a value of 0 is refused by the parser, never replaced
@@ -135,7 +167,33 @@ def _configs(args, parser):
 
     likelihood, latent_dim = pick(args.likelihood, "likelihood"), pick(args.latent_dim, "latent_dim")
     prior = pick(args.prior, "prior") if conditional else "standard"
+    only_hierarchical = {"--size": args.size, "--groups-per-resolution": args.groups_per_resolution}
+    only_flat = {
+        "--latent-dim": args.latent_dim,
+        "--prior": args.prior,
+        "--sigma": args.sigma,
+        "--group-sizes": args.group_sizes,
+    }
     clashes = [
+        *(
+            (value is not None and not hierarchical, f"{name} needs --arch hierarchical")
+            for name, value in only_hierarchical.items()
+        ),
+        *(
+            (
+                value is not None and hierarchical,
+                f"{name} is not an option of --arch hierarchical (its latent groups are its own)",
+            )
+            for name, value in only_flat.items()
+        ),
+        (
+            args.conditioning != "concat" and hierarchical,
+            "--conditioning: --arch hierarchical adds the label at every resolution",
+        ),
+        (
+            args.num_mixtures is not None and likelihood != "logistic_mixture",
+            f"--num-mixtures needs --likelihood logistic_mixture (the likelihood is {likelihood})",
+        ),
         (
             args.sigma is not None and likelihood not in ("gaussian", "sigma"),
             f"--sigma needs --likelihood gaussian or sigma (the likelihood is {likelihood})",
@@ -144,13 +202,16 @@ def _configs(args, parser):
             args.optimal_sigma and likelihood != "gaussian",
             f"--optimal-sigma needs --likelihood gaussian, not {likelihood}",
         ),
-        (args.group_balance and args.group_sizes is None, "--group-balance needs --group-sizes"),
         (
-            args.group_sizes is not None and sum(args.group_sizes) != latent_dim,
+            args.group_balance and args.group_sizes is None and not hierarchical,
+            "--group-balance needs --group-sizes (or --arch hierarchical)",
+        ),
+        (
+            args.group_sizes is not None and not hierarchical and sum(args.group_sizes) != latent_dim,
             f"--group-sizes {' '.join(map(str, args.group_sizes or []))} must add up to the latent size {latent_dim}",
         ),
         (
-            args.kl_balance is not None and prior != "learned",
+            args.kl_balance is not None and prior != "learned" and not hierarchical,
             "--kl-balance needs the learned prior (--prior learned, cvae)",
         ),
         (args.prior is not None and not conditional and args.prior != "standard", "--prior learned needs --model cvae"),
@@ -158,20 +219,30 @@ def _configs(args, parser):
     for clash, message in clashes:
         if clash:
             parser.error(message)
-    model = ModelConfig(
-        image_shape=data.image_shape(args.dataset),
-        num_classes=10 if conditional else 0,
-        latent_dim=latent_dim,
-        arch=pick(args.arch, "arch"),
-        likelihood=likelihood,
-        conditioning=args.conditioning,
-        prior=prior,
-        sigma=args.sigma,
-    )
+    if hierarchical:
+        model = HierarchicalConfig(
+            image_shape=data.image_shape(args.dataset),
+            num_classes=10 if conditional else 0,
+            size=pick(args.size, "size"),
+            likelihood=likelihood,
+            num_mixtures=10 if args.num_mixtures is None else args.num_mixtures,
+            groups_per_resolution=args.groups_per_resolution,
+        )
+    else:
+        model = ModelConfig(
+            image_shape=data.image_shape(args.dataset),
+            num_classes=10 if conditional else 0,
+            latent_dim=latent_dim,
+            arch=pick(args.arch, "arch"),
+            likelihood=likelihood,
+            conditioning=args.conditioning,
+            prior=prior,
+            sigma=args.sigma,
+        )
     remedies = RemedyConfig(
         beta=args.beta,
-        schedule=args.schedule,
-        warmup=args.warmup,
+        schedule=pick(args.schedule, "schedule"),
+        warmup=pick(args.warmup, "warmup"),
         free_bits=args.free_bits,
         group_sizes=None if args.group_sizes is None else tuple(args.group_sizes),
         group_balance=args.group_balance,
@@ -179,17 +250,28 @@ def _configs(args, parser):
         sigma="optimal" if args.optimal_sigma else None,
     )
     optim = TrainConfig(
-        lr=pick(args.lr, "lr"), seed=args.seed, clip_grad=args.clip_grad, skip_grad_norm=args.skip_grad_norm
+        lr=pick(args.lr, "lr"),
+        seed=args.seed,
+        clip_grad=args.clip_grad if args.clip_grad is not None else defaults.get("clip_grad"),
+        skip_grad_norm=args.skip_grad_norm if args.skip_grad_norm is not None else defaults.get("skip_grad_norm"),
     )
     return model, remedies, optim, pick(args.batch_size, "batch_size")
 
 
-def default_settings(dataset: str) -> tuple[ModelConfig, TrainConfig, int, int]:
-    """What ``python -m cvaelib train --dataset D`` trains with no other option: model, optimisation,
-    batch size and epochs (``benchmarks/time_to_quality.py``)."""
+def _defaults(args) -> dict:
+    """The dataset's defaults, and on top of them those of ``--arch hierarchical`` when it is chosen."""
+    flat = {"schedule": "constant", "warmup": 1.0}
+    return {**flat, **DEFAULTS[args.dataset], **(HIERARCHICAL if args.arch == "hierarchical" else {})}
+
+
+def default_settings(dataset: str, arch: str | None = None) -> tuple:
+    """What ``python -m cvaelib train --dataset D [--arch A]`` trains with no other option: the model,
+    remedy and optimisation configurations, batch size and epochs (``benchmarks/``)."""
     parser = _parser()
-    model, _, optim, batch_size = _configs(parser.parse_args(["train", "--dataset", dataset, "--out", "-"]), parser)
-    return model, optim, batch_size, DEFAULTS[dataset]["epochs"]
+    argv = ["train", "--dataset", dataset, "--out", "-"] + ([] if arch is None else ["--arch", arch])
+    args = parser.parse_args(argv)
+    model, remedies, optim, batch_size = _configs(args, parser)
+    return model, remedies, optim, batch_size, _defaults(args)["epochs"]
 
 
 def _test_batches(name, root, device, n=None, per_class=None):
@@ -292,8 +374,8 @@ def train(args, parser):
         )
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
         seed_everything(args.seed)
-        model = CVAE(**asdict(model_config))
-        epochs = DEFAULTS[args.dataset]["epochs"] if args.epochs is None else args.epochs
+        model = build_model(**asdict(model_config))
+        epochs = _defaults(args)["epochs"] if args.epochs is None else args.epochs
         say(f"training a {args.model} on {args.dataset} ({len(images)} images) for {epochs} epochs on {device}")
         if world.size > 1:
             say(
@@ -319,8 +401,10 @@ def train(args, parser):
     if world.rank != 0:  # the figures and the checkpoint are rank 0's
         return
     final = evaluate_loss(model, loss, test_batches, device)  # nelbo: the true negative ELBO, whatever beta
+    state = read_checkpoint(args.out)
+    done = state["epoch"] + (state["partial"]["steps"] / len(train_batches) if state.get("partial") else 0.0)
     figures = {
-        "epochs": history[-1]["epoch"],
+        "epochs": round(done, 3),
         "test_negative_elbo_nats": final["nelbo"],
         "test_reconstruction_nats": final["recon"],
         "test_kl_nats": final["kl"],
@@ -328,8 +412,13 @@ def train(args, parser):
     }
     if model.likelihood.discrete:
         figures["test_bits_per_dim"] = bits_per_dim(final["nelbo"], math.prod(model_config.image_shape))
+    kl_groups = [final[k] for k in sorted((k for k in final if k.startswith("kl_g")), key=lambda k: int(k[4:]))]
+    if kl_groups:  # a hierarchical model's KL per latent group, top-down
+        figures["test_kl_groups_nats"] = kl_groups
+    if history and "skipped_updates" in history[-1]:
+        figures["skipped_updates"] = sum(h["skipped_updates"] for h in history)
     print(_json(figures))
-    print(f"saved {args.out}" + (f" (epoch {figures['epochs']} of {epochs})" if figures["epochs"] < epochs else ""))
+    print(f"saved {args.out}" + (f" ({done:.3g} of {epochs} epochs)" if done < epochs else ""))
 
 
 def sample(args):
@@ -339,10 +428,10 @@ def sample(args):
     seed_everything(args.seed)
     if model.num_classes:
         labels = torch.arange(model.num_classes).repeat_interleave(args.n_per_class)
-        images = model.sample(labels.to(device))
+        images = model.sample(labels.to(device), temperature=args.temperature)
     else:  # a VAE has no classes: 10 * K unlabelled samples, label -1
         labels = torch.full((10 * args.n_per_class,), -1)
-        images = model.sample(num_samples=len(labels))
+        images = model.sample(num_samples=len(labels), temperature=args.temperature)
     np.savez(args.out, images=images.cpu().numpy().astype(np.float32), labels=labels.numpy().astype(np.int64))
     print(f"wrote {len(labels)} samples to {args.out}")
 
@@ -353,7 +442,13 @@ def evaluate(args):
     seed_everything(args.seed)
     batches = _test_batches(model.meta["dataset"], args.data_root, device, args.n)
     print(
-        _json({"checkpoint": str(args.checkpoint), "dataset": model.meta["dataset"], **report(model, batches, args.k)})
+        _json(
+            {
+                "checkpoint": str(args.checkpoint),
+                "dataset": model.meta["dataset"],
+                **report(model, batches, args.k, stats_images=args.stats_images),
+            }
+        )
     )
 
 

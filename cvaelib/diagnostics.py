@@ -5,9 +5,9 @@ import math
 import torch
 from torch import nn
 
-from .evaluate import active_units, kl_per_dim, mutual_information, negative_elbo, posterior_and_prior
+from .evaluate import gather_groups, group_figures, negative_elbo, total_mutual_information
 from .judge import frechet_distance, judge_samples
-from .losses import bits_per_dim
+from .losses import bits_per_dim, gaussian_kl
 from .train import seed_everything
 
 
@@ -15,52 +15,70 @@ from .train import seed_everything
 def decoder_sensitivity(model: nn.Module, num_z: int = 64, seed: int = 0) -> float:
     """How much the decoded image changes with z for a fixed label, in pixel units [0, 1].
 
-    For each label (or once for a VAE), decodes ``num_z`` prior samples and takes the
-    per-pixel standard deviation across them, averaged over pixels and labels. Near 0:
-    the decoder ignores z, and every sample of a class is the same picture.
+    For each label (or once for a VAE), decodes ``num_z`` prior samples (their mean images, ``sample(mean=True)``)
+    and takes the per-pixel standard deviation across them, averaged over pixels and labels. Near 0:
+    the decoder ignores z, and every sample of a class is the same picture. The global random state is untouched.
     """
     model.eval()
     device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     spreads = []
-    for label in range(model.num_classes) or [None]:
-        y = None if label is None else torch.full((num_z,), label, device=device)
-        eps = torch.randn(num_z, model.latent_dim, generator=generator).to(device)
-        prior_mu, prior_logvar = model.prior(y)
-        z = eps if prior_mu is None else prior_mu + torch.exp(0.5 * prior_logvar) * eps
-        spreads.append(model.decode(z, y).std(dim=0).mean())  # (num_z,C,H,W) -> std over z -> mean
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for label in range(model.num_classes) or [None]:
+            if label is None:
+                images = model.sample(num_samples=num_z, mean=True)
+            else:
+                images = model.sample(torch.full((num_z,), label), mean=True)
+            spreads.append(images.std(dim=0).mean())  # (num_z,C,H,W) -> std over z -> mean
     return float(torch.stack(spreads).mean())
 
 
 @torch.no_grad()
 def diagnose(
-    model: nn.Module, batches, threshold: float = 0.01, collapsed_nats: float = 0.5, ignored_pixels: float = 0.01
+    model: nn.Module,
+    batches,
+    threshold: float = 0.01,
+    collapsed_nats: float = 0.5,
+    ignored_pixels: float = 0.01,
+    max_images: int | None = None,
 ) -> dict:
-    """KL per dimension, active units, I(x; z), decoder sensitivity, and a verdict (chapter 4).
+    """KL, active units and I(x; z | y) in total and per latent group, decoder sensitivity, and a verdict (chapter 4).
 
-    The posterior has collapsed when z carries (almost) no information about x: no active
-    unit, or a total KL below ``collapsed_nats`` together with a decoder whose output barely
-    moves with z (sensitivity below ``ignored_pixels``).
+    The posterior has collapsed when z carries (almost) no information about x: no active unit, or a
+    total KL below ``collapsed_nats`` together with a decoder whose output barely moves with z
+    (sensitivity below ``ignored_pixels``). A model of several groups is partly collapsed when some
+    groups have no active unit (they switched off); a model of one group when some dimensions do.
+    ``max_images``: diagnose on the first that many images of ``batches`` (default: all).
     """
-    mu, logvar, prior_mu, prior_logvar, labels = posterior_and_prior(model, batches)
-    kl = kl_per_dim(mu, logvar, prior_mu, prior_logvar)  # (D,)
-    units, variance = active_units(mu, threshold, labels)  # a CVAE's: within each class
-    mi = mutual_information(mu, logvar, labels)  # a CVAE's: I(x; z | y)
+    groups, labels = gather_groups(model, batches, max_images)
+    per_group = group_figures(groups, labels, threshold)  # a CVAE's: within each class
+    kl = torch.cat([gaussian_kl(g.mu, g.logvar, g.prior_mu, g.prior_logvar).mean(0) for g in groups])  # (D,)
+    units = sum(f["active_units"] for f in per_group)
+    mi = total_mutual_information(groups, per_group, labels)
     sensitivity = decoder_sensitivity(model)
     total_kl = float(kl.sum())
+    off = [i for i, f in enumerate(per_group) if f["active_units"] == 0]
+    given = " | y" if labels is not None else ""
     evidence = [
-        f"{units} of {model.latent_dim} latent dimensions active (Cov_x E[z_d] > {threshold}"
+        f"{units} of {model.latent_dim} latent dimensions active (Cov_x E[z_d - prior mean] > {threshold}"
         + (", within each class)" if labels is not None else ")"),
         f"KL to the prior {total_kl:.2f} nats/image, largest dimension {float(kl.max()):.2f} nats",
-        f"I(x; z{' | y' if labels is not None else ''}) = {mi:.2f} nats (at most log N)",
+        f"I(x; z{given}) = {mi:.2f} nats (at most log N)",
         f"decoder sensitivity to z: {sensitivity:.4f} (mean per-pixel std across z for a fixed label)",
     ]
+    if len(groups) > 1:
+        evidence.append(
+            f"{len(groups) - len(off)} of {len(groups)} latent groups active; KL per group (nats): "
+            + ", ".join(f"{f['kl_nats']:.1f}" for f in per_group)
+        )
     if units == 0 or (total_kl < collapsed_nats and sensitivity < ignored_pixels):
         verdict = "collapsed: z carries (almost) nothing about x and the decoder ignores it"
-    elif units < model.latent_dim:
+    elif len(groups) > 1 and off:
+        verdict = f"partly collapsed: {len(off)} of {len(groups)} latent groups are unused (groups {off})"
+    elif len(groups) == 1 and units < model.latent_dim:
         verdict = f"partly collapsed: {model.latent_dim - units} of {model.latent_dim} dimensions are unused"
     else:
-        verdict = "healthy: every latent dimension is used"
+        verdict = f"healthy: every latent {'group' if len(groups) > 1 else 'dimension'} is used"
     return {
         "verdict": verdict,
         "evidence": evidence,
@@ -68,10 +86,11 @@ def diagnose(
         "active_units": units,
         "latent_dim": model.latent_dim,
         "kl_per_dim": kl,
-        "unit_variance": variance,
         "total_kl": total_kl,
         "mutual_information": mi,
         "decoder_sensitivity": sensitivity,
+        "groups": per_group,
+        "active_groups": len(groups) - len(off),
     }
 
 
@@ -83,29 +102,41 @@ def compare(
     real_images: torch.Tensor,
     samples_per_class: int = 100,
     seed: int = 0,
+    temperatures: tuple[float, ...] = (1.0,),
+    max_images: int | None = None,
 ) -> dict:
     """One row of chapter 4's remedy table: the bound, the diagnosis and the judged samples.
 
-    ``real_images`` (float, [0, 1]) are the reference for the Fréchet distance. Returns
-    bits/dim (None for a density likelihood), active units, total KL, I(x; z | y), decoder
-    sensitivity, verdict, judged accuracy, Fréchet distance, the samples (10 * samples_per_class)
-    and the whole ``diagnose`` report.
+    ``real_images`` (float, [0, 1]) are the reference for the Fréchet distance. Samples are drawn at
+    every temperature and judged; the row reports the best one's. Returns bits/dim (None for a density
+    likelihood), active units and groups, total and per-group KL, I(x; z | y), decoder sensitivity,
+    verdict, judged accuracy per temperature, the best temperature and its judged accuracy, Fréchet
+    distance and samples (10 * samples_per_class), and the whole ``diagnose`` report (on the first
+    ``max_images`` test images).
     """
-    d = diagnose(model, test_batches)
+    d = diagnose(model, test_batches, max_images=max_images)
     device = next(model.parameters()).device
     nelbo = negative_elbo(model, test_batches)["nelbo"]
     labels = torch.arange(model.num_classes).repeat_interleave(samples_per_class)
-    seed_everything(seed)
-    samples = model.sample(labels.to(device)).cpu()
+    drawn = {}
+    for t in temperatures:
+        seed_everything(seed)
+        samples = model.sample(labels.to(device), temperature=t).cpu()
+        drawn[t] = (judge_samples(judge, samples, labels)["accuracy"], samples)
+    best = max(drawn, key=lambda t: drawn[t][0])
     return dict(
         bpd=bits_per_dim(nelbo, math.prod(model.image_shape)) if model.likelihood.discrete else None,
         units=d["active_units"],
+        groups=d["active_groups"],
         kl=d["total_kl"],
+        kl_groups=[f["kl_nats"] for f in d["groups"]],
         mi=d["mutual_information"],
         sensitivity=d["decoder_sensitivity"],
         verdict=d["verdict"],
         diagnosis=d,
-        judged=judge_samples(judge, samples, labels)["accuracy"],
-        fd=frechet_distance(judge, real_images, samples),
-        samples=samples,
+        judged_by_temperature={t: accuracy for t, (accuracy, _) in drawn.items()},
+        temperature=best,
+        judged=drawn[best][0],
+        fd=frechet_distance(judge, real_images, drawn[best][1]),
+        samples=drawn[best][1],
     )

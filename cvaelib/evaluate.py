@@ -10,7 +10,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .losses import LOG_2PI, MIN_LOGVAR, bits_per_dim, elbo, gaussian_kl, gaussian_log_prob, sample_with_log_prob
+from .losses import (
+    LOG_2PI,
+    MIN_LOGVAR,
+    GroupStats,
+    bits_per_dim,
+    elbo,
+    elbo_terms,
+    gaussian_kl,
+    gaussian_log_prob,
+    log_weight,
+)
 
 
 def _labels(model, y):
@@ -35,29 +45,27 @@ def negative_elbo(model: nn.Module, batches) -> dict:
     return {k: v / n for k, v in totals.items()}
 
 
-def _log_weights(model, x, y, mu, logvar, k, max_images=None):
-    """log p(x, z_k) - log q(z_k | x) for K importance samples: (K, B).
+def repeat_batch(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """(B, ...) -> (k*B, ...): the batch k times over, sample-major, so ``.view(k, B)`` undoes it."""
+    return None if t is None else t.expand(k, *t.shape).flatten(0, 1)
 
-    The K samples are drawn at once and decoded in chunks of at most ``max_images`` images. On an
-    accelerator the default is 8192 (fewer, larger calls); on a CPU it is one batch per call, which
-    measured fastest there (a conv decoder on 2 cores: 3.9 s for 20 samples of 500 CIFAR-10 images
-    one batch at a time, 5.2 s eight batches at a time).
+
+def log_importance_weights(model: nn.Module, x, y, k: int, max_images: int | None = None) -> torch.Tensor:
+    """log p(x, z_k | y) - log q(z_k | x, y) for K importance samples of any model: (K, B) (Burda et al. 2016).
+
+    Each sample is one forward pass (``losses.log_weight``), so a hierarchical model draws every group
+    from its posterior given the groups above, as its ELBO does. The K copies of the batch run in chunks
+    of at most ``max_images`` images: by default 8192 on an accelerator (fewer, larger calls) and one
+    batch per call on a CPU, which measured fastest there.
     """
+    _check_k(k)
     max_images = max_images or (len(x) if x.device.type == "cpu" else 8192)
-    prior_mu, prior_logvar = model.prior(y)
-    z, log_qz = sample_with_log_prob(mu, logvar, num_samples=k)  # (K, B, D), (K, B)
-    log_pz = gaussian_log_prob(
-        z,
-        torch.zeros_like(z) if prior_mu is None else prior_mu,
-        torch.zeros_like(z) if prior_logvar is None else prior_logvar,
-    )  # (K, B)
-    per_chunk = max(1, max_images // len(x))  # samples decoded per call
-    log_px = []
-    for zc in z.split(per_chunk):  # (k', B, D) -> (k' * B, D), decoded at once
-        yc = None if y is None else y.repeat(len(zc))
-        params = model.decode_params(zc.flatten(0, 1), yc)
-        log_px.append(model.likelihood.log_prob(params, x.repeat(len(zc), 1, 1, 1)).view(len(zc), len(x)))
-    return torch.cat(log_px) + log_pz - log_qz
+    per_chunk = max(1, max_images // len(x))  # samples per forward pass
+    log_w = []
+    for start in range(0, k, per_chunk):
+        kc = min(per_chunk, k - start)
+        log_w.append(log_weight(model(repeat_batch(x, kc), repeat_batch(y, kc))).view(kc, len(x)))
+    return torch.cat(log_w)
 
 
 def _check_k(k):
@@ -76,15 +84,43 @@ def iwae_bound(model: nn.Module, batches, k: int = 100) -> float:
     device, total, n = _model_device(model), 0.0, 0
     for x, y in batches:
         x, y = x.to(device), _labels(model, y.to(device))
-        log_w = _log_weights(model, x, y, *model.encode(x, y), k)  # (K, B)
+        log_w = log_importance_weights(model, x, y, k)  # (K, B)
         total += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
         n += len(x)
     return total / n
 
 
 @torch.no_grad()
+def gather_groups(model: nn.Module, batches, max_images: int | None = None) -> tuple[list[GroupStats], torch.Tensor]:
+    """Every latent group's posterior and prior on a dataset: one ``GroupStats`` of (N, D_g) per group, and
+    the labels (N,) (None for a VAE). One forward pass per batch, so labels stay with their images when
+    the batches are shuffled, and a hierarchical group's q and p are those given the sampled groups above.
+    """
+    model.eval()
+    device, passes, labels, n = _model_device(model), [], [], 0
+    for x, y in batches:
+        if max_images is not None and n >= max_images:
+            break
+        x, y = x.to(device), _labels(model, y.to(device))
+        passes.append(model(x, y)["groups"])
+        labels.append(y)
+        n += len(x)
+    return _concatenated(passes, labels, max_images)
+
+
+def _concatenated(passes, labels, max_images=None):
+    """Per-batch groups and labels of one pass -> one ``GroupStats`` of (N, D_g) float32 per group, labels (N,)."""
+
+    def cat(tensors):
+        return None if tensors[0] is None else torch.cat(tensors)[:max_images].float()
+
+    groups = [GroupStats(*(cat(field) for field in zip(*group))) for group in zip(*passes)]
+    return groups, None if labels[0] is None else torch.cat(labels)[:max_images]
+
+
+@torch.no_grad()
 def posterior_stats(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu and logvar of q(z|x,y) for every example: two (N, D) tensors."""
+    """mu and logvar of q(z|x,y) for every example: two (N, D) tensors (all groups side by side)."""
     mu, logvar, *_ = posterior_and_prior(model, batches)
     return mu, logvar
 
@@ -93,24 +129,10 @@ def posterior_stats(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tens
 def posterior_and_prior(model: nn.Module, batches) -> tuple:
     """mu, logvar of q(z|x,y), the prior's (mu, logvar), (N, D) each, and the labels (N,).
 
-    One pass over ``batches``, so that the labels belong to the same examples even when the
-    batches are shuffled. The prior's are None for the standard normal N(0, I), the labels None for a VAE.
+    All groups side by side. The prior's are None for the standard normal N(0, I), the labels None for a VAE.
     """
-    model.eval()
-    device, mus, logvars, labels = _model_device(model), [], [], []
-    for x, y in batches:
-        y = _labels(model, y.to(device))
-        mu, logvar = model.encode(x.to(device), y)
-        mus.append(mu)
-        logvars.append(logvar)
-        labels.append(y)
-    mu, logvar, labels = _gathered(mus, logvars, labels)
-    return mu, logvar, *model.prior(labels), labels
-
-
-def _gathered(mus, logvars, labels):
-    """The per-batch posteriors and labels of one pass as (N, D), (N, D) and (N,) (None for a VAE)."""
-    return torch.cat(mus), torch.cat(logvars), None if labels[0] is None else torch.cat(labels)
+    groups, labels = gather_groups(model, batches)
+    return (*(None if t[0] is None else torch.cat(t, dim=1) for t in list(zip(*groups))[:4]), labels)
 
 
 def active_units(
@@ -144,7 +166,7 @@ def kl_per_dim(
 
 @torch.no_grad()
 def mutual_information(
-    mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None = None, chunk: int = 256
+    mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor | None = None, chunk: int | None = None
 ) -> float:
     """I(x; z) under q, estimated as in He et al. (2019), in nats (chapter 4).
 
@@ -152,11 +174,13 @@ def mutual_information(
     approximated by the mixture of the N given posteriors. With ``labels`` (N,), a CVAE's
     case, it is I(x; z | y): the same estimate within each class, averaged with the class
     frequencies, so a z that only encodes the label (which the decoder is given anyway) scores 0.
+    ``chunk`` samples at a time (default: as many as keep each (chunk, N, D) block near 2^24 numbers).
     """
     if labels is not None:
         share = {c: float((labels == c).float().mean()) for c in labels.unique()}  # p(y)
         return sum(p * mutual_information(mu[labels == c], logvar[labels == c], chunk=chunk) for c, p in share.items())
     n, d = mu.shape
+    chunk = chunk or max(1, 2**24 // (n * d))
     # float64, so that z - mu keeps its digits when the posterior is narrow (an autoencoder's std can be < 1e-6),
     # and the same variance floor as gaussian_log_prob below, or a tiny variance would count in one term only.
     mu, logvar = mu.double(), logvar.double().clamp(min=MIN_LOGVAR)
@@ -171,48 +195,83 @@ def mutual_information(
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 
+def posterior_offset(group: GroupStats) -> torch.Tensor:
+    """How far q's mean sits from p's, (N, D_g): what a unit must move with x to count as active.
+
+    For a fixed prior or a prior per class, its variance within a class is that of the posterior mean;
+    for a hierarchical group, whose prior moves with the groups above, it is 0 when q = p (collapse).
+    """
+    return group.mu if group.prior_mu is None else group.mu - group.prior_mu
+
+
 @torch.no_grad()
-def report(model: nn.Module, batches, k: int = 100, progress: bool = True) -> dict:
-    """All test figures of a model in one dict, from one pass over the data (the command line's ``evaluate``)."""
+def group_figures(groups: list[GroupStats], labels: torch.Tensor | None = None, threshold: float = 0.01) -> list:
+    """Per latent group: its KL (nats/image), active units (within each class), size and I(x; z_g | y).
+
+    For a hierarchical model the group's q and p are those given the sampled groups above, so its
+    I(x; z_g | y) is an estimate conditional on that path.
+    """
+    figures = []
+    for g in groups:
+        units, _ = active_units(posterior_offset(g), threshold, labels)
+        figures.append(
+            {
+                "kl_nats": float(gaussian_kl(g.mu, g.logvar, g.prior_mu, g.prior_logvar).sum(1).mean()),
+                "active_units": units,
+                "dims": g.mu.shape[1],
+                "mutual_information_nats": mutual_information(g.mu, g.logvar, labels),
+            }
+        )
+    return figures
+
+
+def total_mutual_information(groups: list[GroupStats], figures: list, labels: torch.Tensor | None) -> float:
+    """I(x; z | y) of all groups together: the one group's figure, or the estimate on all groups side by side."""
+    if len(groups) == 1:
+        return figures[0]["mutual_information_nats"]
+    return mutual_information(torch.cat([g.mu for g in groups], 1), torch.cat([g.logvar for g in groups], 1), labels)
+
+
+@torch.no_grad()
+def report(model: nn.Module, batches, k: int = 100, progress: bool = True, stats_images: int = 2000) -> dict:
+    """All test figures of a model in one dict, from one pass over the data (the command line's ``evaluate``).
+
+    The bound, the IWAE bound and the KL (in total, per dimension, per group) use every image; active
+    units and the mutual information, whose cost grows with N^2, the first ``stats_images``.
+    """
     _check_k(k)
     model.eval()
-    device, totals, n, mus, logvars, labels = (
-        _model_device(model),
-        {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0},
-        0,
-        [],
-        [],
-        [],
-    )
+    device, n, passes, labels = _model_device(model), 0, [], []
+    totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0, "kl_per_dim": 0.0, "kl_groups": 0.0}
     for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
-        x, y = x.to(device), y.to(device)
-        parts = elbo(model, x, y)
-        y = _labels(model, y)
-        mu, logvar = model.encode(x, y)
-        log_w = _log_weights(model, x, y, mu, logvar, k)  # (K, B)
+        x, y = x.to(device), _labels(model, y.to(device))
+        out = model(x, y)
+        parts = elbo_terms(out)
+        log_w = log_importance_weights(model, x, y, k)  # (K, B)
         totals["iwae"] -= float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
-        for key in ("nelbo", "recon", "kl"):
-            totals[key] += float(parts[key]) * len(x)
+        for key in ("nelbo", "recon", "kl", "kl_per_dim", "kl_groups"):
+            totals[key] = totals[key] + parts[key] * len(x)
+        if n < stats_images:
+            passes.append(out["groups"])
+            labels.append(y)
         n += len(x)
-        mus.append(mu)
-        logvars.append(logvar)
-        labels.append(y)
-    figures = {key: value / n for key, value in totals.items()}
-    mu, logvar, labels = _gathered(mus, logvars, labels)
-    prior_mu, prior_logvar = model.prior(labels)
-    units, _ = active_units(mu, labels=labels)
+    groups, labels = _concatenated(passes, labels, stats_images)
+    figures = group_figures(groups, labels)
+    for figure, kl in zip(figures, (totals["kl_groups"] / n).tolist()):
+        figure["kl_nats"] = kl  # over every image
+    nelbo = float(totals["nelbo"]) / n
     return {
-        "negative_elbo_nats": figures["nelbo"],
-        "reconstruction_nats": figures["recon"],
-        "kl_nats": figures["kl"],
+        "negative_elbo_nats": nelbo,
+        "reconstruction_nats": float(totals["recon"]) / n,
+        "kl_nats": float(totals["kl"]) / n,
         # Only a likelihood of 8-bit pixel values gives a true bits/dim.
-        "bits_per_dim": bits_per_dim(figures["nelbo"], math.prod(model.image_shape))
-        if model.likelihood.discrete
-        else None,
-        "iwae_nats": figures["iwae"],
+        "bits_per_dim": bits_per_dim(nelbo, math.prod(model.image_shape)) if model.likelihood.discrete else None,
+        "iwae_nats": totals["iwae"] / n,
         "iwae_k": k,
-        "active_units": units,
+        "active_units": sum(f["active_units"] for f in figures),
         "latent_dim": model.latent_dim,
-        "kl_per_dim": kl_per_dim(mu, logvar, prior_mu, prior_logvar).tolist(),
-        "mutual_information_nats": mutual_information(mu, logvar, labels),
+        "kl_per_dim": (totals["kl_per_dim"] / n).tolist(),
+        "mutual_information_nats": total_mutual_information(groups, figures, labels),
+        "stats_images": len(groups[0].mu),
+        "groups": figures,
     }

@@ -17,12 +17,14 @@ q = p at the start, the latents stayed unused for the first few hundred steps of
 The output is the likelihood's parameters at 32x32, by default the mixture of discretized logistics.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import make_likelihood
-from .models import sample_labels
+from .losses import LIKELIHOODS, GroupStats, make_likelihood
+from .models import check_temperature, sample_labels
 
 # Presets; any value can be overridden by the constructor argument of the same name.
 # "tiny" exists for the tests; "small" trains on a CPU; "full" wants a GPU.
@@ -124,8 +126,58 @@ class LatentGroup(nn.Module):
             dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
             mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
             z = prior_mu + torch.exp(0.5 * prior_logvar) * eps if from_prior else mu + torch.exp(0.5 * logvar) * eps
-            stats = tuple(t.flatten(1) for t in (mu, logvar, prior_mu, prior_logvar))  # (B,Z,r,r) -> (B,Z*r*r)
+            stats = GroupStats(*(t.flatten(1) for t in (mu, logvar, prior_mu, prior_logvar, eps)))  # (B,Z*r*r) each
         return self.block(h + update + self.z_proj(z)), stats
+
+
+@dataclass(frozen=True)
+class HierarchicalConfig:
+    """Everything that defines a ``HierarchicalCVAE`` (chapter 4, ``--arch hierarchical``); stored in checkpoints.
+
+    ``size`` picks a preset of ``SIZES``; a value given explicitly overrides the preset's, and the resolved
+    values are kept, so ``HierarchicalCVAE(**asdict(config))`` rebuilds the same model.
+    """
+
+    image_shape: tuple[int, int, int] = (3, 32, 32)  # CIFAR-10's; (1, 28, 28) is padded to 32x32 inside
+    num_classes: int = 10  # 0: unconditional
+    size: str = "small"  # "tiny" (tests), "small" (a CPU), "full" (a GPU)
+    likelihood: str = "logistic_mixture"  # p(x | z, y), any of losses.LIKELIHOODS
+    num_mixtures: int = 10  # components of the logistic mixture
+    widths: tuple[int, ...] | None = None  # channels at each latent resolution, lowest first, then at 32x32
+    latent_channels: int | None = None  # channels of every latent group
+    groups_per_resolution: tuple[int, ...] | None = None  # latent groups at each resolution, lowest first
+    blocks_per_resolution: int | None = None  # residual blocks per resolution in the encoder and decoder
+    arch: str = "hierarchical"  # what ``models.build_model`` rebuilds
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if self.image_shape not in IMAGE_SHAPES:
+            raise ValueError(f"image_shape must be (3, 32, 32) or (1, 28, 28), got {self.image_shape}")
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
+        if self.arch != "hierarchical":
+            raise ValueError(f"a HierarchicalConfig has arch 'hierarchical', got {self.arch!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
+        if not isinstance(self.num_mixtures, int) or self.num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be a positive integer, got {self.num_mixtures!r}")
+        for name, preset in SIZES[self.size].items():
+            value = preset if getattr(self, name) is None else getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)
+        gpr, widths = self.groups_per_resolution, self.widths
+        if not 1 <= len(gpr) <= 5 or min(gpr) < 1:
+            raise ValueError(
+                f"groups_per_resolution needs 1 to 5 entries (resolutions 1x1 .. 16x16), each at least 1, got {gpr}"
+            )
+        if len(widths) != len(gpr) + 1 or min(widths) < 1:
+            raise ValueError(
+                f"widths needs one entry per latent resolution and one for 32x32, {len(gpr) + 1} in all, got {widths}"
+            )
+        for name in ("latent_channels", "blocks_per_resolution"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
 
 class HierarchicalCVAE(nn.Module):
@@ -133,57 +185,18 @@ class HierarchicalCVAE(nn.Module):
 
     ``groups_per_resolution`` lists the groups at each resolution, from the lowest to 16x16: three
     entries give 4x4, 8x8 and 16x16; five give 1x1 up to 16x16. ``num_classes=0``: unconditional.
-    All arguments are plain values, resolved from the ``size`` preset and kept in ``self.config``, so
-    ``HierarchicalCVAE(**model.config)`` rebuilds the model.
+    The arguments are those of ``HierarchicalConfig``, checked and kept in ``self.config``, so
+    ``HierarchicalCVAE(**asdict(model.config))`` rebuilds the model (``models.build_model``).
     """
 
-    def __init__(
-        self,
-        image_shape=(3, 32, 32),
-        num_classes=10,
-        size="small",
-        likelihood="logistic_mixture",
-        num_mixtures=10,
-        widths=None,
-        latent_channels=None,
-        groups_per_resolution=None,
-        blocks_per_resolution=None,
-    ):
+    def __init__(self, **config):
         super().__init__()
-        image_shape = tuple(image_shape)
-        if image_shape not in IMAGE_SHAPES:
-            raise ValueError(f"image_shape must be (3, 32, 32) or (1, 28, 28), got {image_shape}")
-        if size not in SIZES:
-            raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
-        given = {
-            "widths": widths,
-            "latent_channels": latent_channels,
-            "groups_per_resolution": groups_per_resolution,
-            "blocks_per_resolution": blocks_per_resolution,
-        }
-        arch = {name: SIZES[size][name] if value is None else value for name, value in given.items()}
-        arch["widths"], arch["groups_per_resolution"] = tuple(arch["widths"]), tuple(arch["groups_per_resolution"])
-        widths, gpr = arch["widths"], arch["groups_per_resolution"]
-        Z, blocks = arch["latent_channels"], arch["blocks_per_resolution"]
-        if not 1 <= len(gpr) <= 5 or min(gpr) < 1:
-            raise ValueError(
-                f"groups_per_resolution needs 1 to 5 entries (resolutions 1x1 .. 16x16), each at least 1, got {gpr}"
-            )
-        if len(widths) != len(gpr) + 1:
-            raise ValueError(
-                f"widths needs one entry per latent resolution and one for 32x32, {len(gpr) + 1} in all, got {widths}"
-            )
-        self.config = {
-            "image_shape": image_shape,
-            "num_classes": num_classes,
-            "size": size,
-            "likelihood": likelihood,
-            "num_mixtures": num_mixtures,
-            **arch,
-        }
+        self.config = c = HierarchicalConfig(**config)
+        image_shape, num_classes, widths, gpr = c.image_shape, c.num_classes, c.widths, c.groups_per_resolution
+        Z, blocks = c.latent_channels, c.blocks_per_resolution
         self.image_shape, self.num_classes = image_shape, num_classes
         self.likelihood = make_likelihood(
-            likelihood, **({"num_mixtures": num_mixtures} if likelihood == "logistic_mixture" else {})
+            c.likelihood, **({"num_mixtures": c.num_mixtures} if c.likelihood == "logistic_mixture" else {})
         )
         self.pad = (32 - image_shape[1]) // 2  # 28x28 -> 32x32
         # the resolutions of the latent groups, lowest first: (4, 8, 16) for three entries; 32x32 comes last
@@ -274,10 +287,11 @@ class HierarchicalCVAE(nn.Module):
     def forward(self, x, y=None, prior_groups=()):
         """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 4).
 
-        Returns a dict: ``params`` (B,P,H,W), ``x_hat`` (B,C,H,W), ``log_px`` (B,) = log p(x|z,y), and
-        ``groups``, one (mu, logvar, prior_mu, prior_logvar) of (B, D_g) tensors per group, top-down:
-        ``gaussian_kl(*group)`` is its KL per dimension. A group whose index is in ``prior_groups``
-        draws z from its prior (resample one group, keep the others); its entry still reports q and p.
+        The course's one model interface: a dict with ``log_px`` (B,) = log p(x|z,y) and ``groups``, one
+        ``GroupStats`` (mu, logvar, prior_mu, prior_logvar, eps; (B, D_g) each) per group, top-down, and
+        ``params`` (B,P,H,W) and ``x_hat`` (B,C,H,W). A group whose index is in ``prior_groups`` draws z
+        from its prior (resample one group, keep the others); its entry still reports q and p, and its
+        ``eps`` is then the prior's noise (such a pass is for looking at, not for ``losses.log_weight``).
         """
         self.check_inputs(x, y)
         prior_groups = set(prior_groups)
@@ -294,7 +308,13 @@ class HierarchicalCVAE(nn.Module):
         }
 
     @torch.no_grad()
-    def sample(self, labels=None, temperature=1.0, num_samples=None, mean=False):
+    def sample(
+        self,
+        labels: torch.Tensor | None = None,
+        num_samples: int | None = None,
+        temperature: float = 1.0,
+        mean: bool = False,
+    ) -> torch.Tensor:
         """Images from the prior, (N,C,H,W) in [0, 1] (chapter 4): a label each, or ``num_samples`` without.
 
         Every group draws z_g = prior_mu + temperature * prior_std * eps. The pixels are a sample of
@@ -303,6 +323,7 @@ class HierarchicalCVAE(nn.Module):
         temperature 0 the image is a deterministic function of the label.
         """
         device = self.h0.device
+        check_temperature(temperature)
         if self.num_classes:
             if labels is None:
                 raise ValueError("a conditional model samples per label: pass labels, e.g. torch.arange(10)")

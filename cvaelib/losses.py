@@ -8,6 +8,7 @@ term by 1/(C*H*W) and with it the weight of the KL (chapter 1).
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -261,25 +262,64 @@ def bits_per_dim(nats_per_image, num_dims):
     return nats_per_image / (num_dims * math.log(2))
 
 
-def elbo(model, x, y=None, beta=1.0, kl_fn=gaussian_kl):
-    """The beta-weighted negative ELBO and its parts, in nats per image (chapter 1).
+class GroupStats(NamedTuple):
+    """One latent group of a model's forward pass, each (B, D_g): what the ELBO, IWAE and diagnostics need.
 
-    Returns batch means of ``loss`` = recon + beta * kl, ``recon`` = -log p(x|z),
-    ``kl``, ``nelbo`` = recon + kl (the true negative ELBO whatever beta is), and
-    ``kl_per_dim`` of shape (D,), plus ``nelbo_per_image`` of shape (B,).
-    A VAE (``model.num_classes == 0``) ignores ``y``, so one loop trains both.
-    ``kl_fn(mu, logvar, prior_mu, prior_logvar)`` -> (B, D) lets a chapter try another KL.
+    q(z_g | ...) = N(mu, exp(logvar)), p(z_g | ...) = N(prior_mu, exp(prior_logvar)) (None: N(0, I)),
+    and the noise ``eps`` of the reparameterised sample z_g = mu + exp(logvar / 2) * eps.
     """
-    y = y if model.num_classes else None
-    out = model(x, y)
-    recon = -model.likelihood.log_prob(out["params"], x)  # (B,)
-    kl_per_dim = kl_fn(out["mu"], out["logvar"], *out["prior"])  # (B, D)
-    kl = kl_per_dim.sum(dim=1)  # (B,)
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    prior_mu: torch.Tensor | None
+    prior_logvar: torch.Tensor | None
+    eps: torch.Tensor
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self.mu + torch.exp(0.5 * self.logvar) * self.eps
+
+
+def log_weight(out: dict) -> torch.Tensor:
+    """log p(x, z | y) - log q(z | x, y) at the sampled z of a forward pass: (B,) (IWAE, chapters 1, 4, 5).
+
+    Every model's forward returns ``log_px`` (B,) and its ``groups`` (``GroupStats``); log q comes from
+    the noise, -0.5 * sum(log 2 pi + logvar + eps^2), exact at any variance (see ``sample_with_log_prob``).
+    """
+    total = out["log_px"]
+    for g in out["groups"]:
+        prior_mu = torch.zeros_like(g.mu) if g.prior_mu is None else g.prior_mu
+        prior_logvar = torch.zeros_like(g.mu) if g.prior_logvar is None else g.prior_logvar
+        log_q = -0.5 * (LOG_2PI + g.logvar + g.eps.pow(2)).sum(-1)
+        total = total + gaussian_log_prob(g.z, prior_mu, prior_logvar) - log_q
+    return total
+
+
+def elbo_terms(out: dict, beta: float = 1.0, kl_fn=gaussian_kl) -> dict:
+    """The beta-weighted negative ELBO of one forward pass ``out`` of any model, nats per image (chapters 1, 4).
+
+    Returns batch means of ``loss`` = recon + beta * kl, ``recon`` = -log p(x|z), ``kl`` (all groups),
+    ``nelbo`` = recon + kl (the true negative ELBO whatever beta is), ``kl_per_dim`` (D,) over all groups
+    in order, ``kl_groups`` (G,), and ``nelbo_per_image`` (B,).
+    ``kl_fn(mu, logvar, prior_mu, prior_logvar)`` -> (B, D_g) lets a chapter try another KL.
+    """
+    recon = -out["log_px"]  # (B,)
+    kl_dims = [kl_fn(g.mu, g.logvar, g.prior_mu, g.prior_logvar) for g in out["groups"]]  # (B, D_g) each
+    kl_groups = torch.stack([k.sum(1) for k in kl_dims], dim=1)  # (B, G)
+    kl = kl_groups.sum(1)  # (B,)
     return {
         "loss": (recon + beta * kl).mean(),
         "recon": recon.mean(),
         "kl": kl.mean(),
         "nelbo": (recon + kl).mean(),
-        "kl_per_dim": kl_per_dim.mean(dim=0),
+        "kl_per_dim": torch.cat(kl_dims, dim=1).mean(dim=0),
+        "kl_groups": kl_groups.mean(dim=0),
         "nelbo_per_image": recon + kl,
     }
+
+
+def elbo(model, x, y=None, beta=1.0, kl_fn=gaussian_kl):
+    """The beta-weighted negative ELBO and its parts, in nats per image (chapter 1): ``elbo_terms`` of
+    ``model(x, y)``. A VAE (``model.num_classes == 0``) ignores ``y``, so one loop trains both.
+    """
+    return elbo_terms(model(x, y if model.num_classes else None), beta, kl_fn)

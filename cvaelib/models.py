@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import LIKELIHOODS, make_likelihood
+from .losses import LIKELIHOODS, GroupStats, make_likelihood
 
 
 def _check_shape(image_shape):
@@ -120,6 +120,12 @@ def check_labels(y: torch.Tensor, num_classes: int) -> None:
     """
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"labels must be in [0, {num_classes}), got values from {int(y.min())} to {int(y.max())}")
+
+
+def check_temperature(temperature: float) -> None:
+    """A sampling temperature must be a finite number >= 0 (0: the prior's mean)."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a non-negative number, got {temperature!r}")
 
 
 def sample_labels(labels, num_classes: int, device) -> torch.Tensor:
@@ -271,30 +277,45 @@ class CVAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
-        """Encode, sample z, decode: a dict with params, x_hat, mu, logvar, z and prior.
+        """Encode, sample z, decode: the course's one model interface (chapters 1-5).
 
-        The outputs are float32 even under bfloat16 autocast, so that the likelihood and the KL
-        computed from them keep their digits (autocast lowers only the layers' matrix products).
+        Returns a dict with ``log_px`` (B,) = log p(x|z,y) and ``groups``, one ``GroupStats`` (a CVAE has
+        one latent group), which is all the ELBO, IWAE and the diagnostics read; and, for the chapters,
+        params, x_hat, mu, logvar, z and prior. The outputs are float32 even under bfloat16 autocast, so
+        that the likelihood and the KL keep their digits (autocast lowers only the layers' matrix products).
         """
         mu, logvar = (t.float() for t in self.encode(x, y))
-        z = self.reparameterize(mu, logvar)
+        eps = torch.randn_like(mu)  # (B, D)
+        z = mu + torch.exp(0.5 * logvar) * eps  # the reparameterised sample
         params = self.decode_params(z, y).float()
+        prior = self.prior(y)
         return {
+            "log_px": self.likelihood.log_prob(params, x),
+            "groups": [GroupStats(mu, logvar, *prior, eps)],
             "params": params,
             "x_hat": self.likelihood.mean(params),
             "mu": mu,
             "logvar": logvar,
             "z": z,
-            "prior": self.prior(y),
+            "prior": prior,
         }
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor | None = None, num_samples: int | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        labels: torch.Tensor | None = None,
+        num_samples: int | None = None,
+        temperature: float = 1.0,
+        mean: bool = False,
+    ) -> torch.Tensor:
         """Draw z from the prior and decode: float images in [0, 1], (N,C,H,W) (chapter 2).
 
-        A CVAE takes ``labels`` (N,); a VAE takes ``num_samples``.
+        A CVAE takes ``labels`` (N,); a VAE takes ``num_samples``. ``temperature`` scales the prior's
+        standard deviation (1: the prior itself; 0: its mean). The pixels are a sample of the likelihood
+        when it has a ``sample`` (the logistic mixture), else its mean; ``mean=True`` always gives the mean.
         """
         device = next(self.parameters()).device
+        check_temperature(temperature)
         if self.num_classes:
             if labels is None:
                 raise ValueError("a CVAE samples per label: pass labels, e.g. torch.arange(10)")
@@ -304,11 +325,14 @@ class CVAE(nn.Module):
             raise ValueError("a VAE has no labels: pass num_samples")
         elif not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        z = torch.randn(num_samples, self.latent_dim, device=device)
+        z = temperature * torch.randn(num_samples, self.latent_dim, device=device)
         prior_mu, prior_logvar = self.prior(labels)
         if prior_mu is not None:
             z = prior_mu + torch.exp(0.5 * prior_logvar) * z
-        return self.decode(z, labels)
+        params = self.decode_params(z, labels)
+        if mean or not hasattr(self.likelihood, "sample"):
+            return self.likelihood.mean(params)
+        return self.likelihood.sample(params)
 
 
 def VAE(**kwargs) -> CVAE:
@@ -317,5 +341,12 @@ def VAE(**kwargs) -> CVAE:
 
 
 def build_model(**config) -> nn.Module:
-    """Rebuild a model from its config as a dict, ``asdict(model.config)`` (used by checkpoints)."""
+    """Rebuild a model from its config as a dict, ``asdict(model.config)`` (used by checkpoints).
+
+    ``arch="hierarchical"`` is the hierarchical CVAE of chapter 4; every other arch a ``CVAE``.
+    """
+    if config.get("arch") == "hierarchical":
+        from .hierarchical import HierarchicalCVAE  # it imports this module
+
+        return HierarchicalCVAE(**config)
     return CVAE(**config)

@@ -96,7 +96,7 @@ class RemedyConfig:
     cycles: int = 4  # cycles of the cyclical schedule
     free_bits: float | None = None  # nats each dimension (or group, with group_sizes) may keep for free
     group_sizes: tuple[int, ...] | None = None  # split the latent into groups of these sizes
-    group_balance: bool = False  # NVAE's balancing of the groups during the warm-up
+    group_balance: bool = False  # NVAE's balancing of the groups (group_sizes, or a hierarchy's) during the warm-up
     sigma: str | None = None  # "optimal": the sigma-VAE's analytic shared sigma (Gaussian likelihood)
     kl_balance: float | None = None  # alpha of DreamerV2's balancing (learned prior)
 
@@ -114,8 +114,6 @@ class RemedyConfig:
             object.__setattr__(self, "group_sizes", tuple(self.group_sizes))  # a list from JSON or the CLI
             if not self.group_sizes or any(not isinstance(g, int) or g < 1 for g in self.group_sizes):
                 raise ValueError(f"group_sizes must be positive integers, got {self.group_sizes!r}")
-        if self.group_balance and self.group_sizes is None:
-            raise ValueError("group balancing needs group_sizes, e.g. (8, 56) for a 64-d latent in two groups")
         if self.sigma not in (None, "optimal"):
             raise ValueError(f"sigma must be None or 'optimal', got {self.sigma!r}")
         if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
@@ -136,8 +134,9 @@ class RemedyLoss:
         self.epoch, self.step = 0, 0
         self._squared_error, self._count = 0.0, 0  # the sigma-VAE's fit over the epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.step = epoch, 0
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        """Start epoch ``epoch`` (0-based) at training step ``step`` (a resumed run starts mid-epoch)."""
+        self.epoch, self.step = epoch, step
         self._squared_error, self._count = 0.0, 0
 
     def progress(self) -> float:
@@ -163,29 +162,34 @@ class RemedyLoss:
 
     def __call__(self, model, x, y=None):
         c = self.config
-        y = y if model.num_classes else None
-        out = model(x, y)
+        out = model(x, y if model.num_classes else None)
         if c.sigma == "optimal":
             recon = self._optimal_sigma_recon(model, x, out["params"])
         else:
-            recon = -model.likelihood.log_prob(out["params"], x)  # (B,)
-        prior_mu, prior_logvar = out["prior"]
+            recon = -out["log_px"]  # (B,)
+        groups = out["groups"]
         if c.kl_balance is not None:
-            kl_per_dim = balanced_kl(out["mu"], out["logvar"], prior_mu, prior_logvar, c.kl_balance)
+            kl_dims = [balanced_kl(*g[:4], c.kl_balance) for g in groups]
         else:
-            kl_per_dim = gaussian_kl(out["mu"], out["logvar"], prior_mu, prior_logvar)  # (B, D)
+            kl_dims = [gaussian_kl(*g[:4]) for g in groups]  # (B, D_g) each
+        kl_per_dim = torch.cat(kl_dims, dim=1)  # (B, D)
         kl = kl_per_dim.sum(1)  # (B,): the true KL, reported
+        # The units that free bits and group balancing act on: the given groups of a flat latent, else the
+        # model's own latent groups (a hierarchical model), else (free bits) every dimension.
+        sizes = c.group_sizes or (tuple(k.shape[1] for k in kl_dims) if len(kl_dims) > 1 else None)
         weight = c.beta * beta_schedule(c.schedule, self.progress(), c.warmup, c.cycles)
         if c.group_balance and weight < c.beta:  # NVAE balances only during the warm-up
-            kl_groups = group_kl(kl_per_dim, c.group_sizes)
-            penalty = (kl_groups * group_balance_weights(kl_groups, c.group_sizes)).sum(1)
+            if sizes is None:
+                raise ValueError("group balancing needs several latent groups: group_sizes, or a hierarchical model")
+            kl_groups = group_kl(kl_per_dim, sizes)
+            penalty = (kl_groups * group_balance_weights(kl_groups, sizes)).sum(1)
         elif c.free_bits is not None:
-            penalty = free_bits(kl_per_dim, c.free_bits, c.group_sizes)
+            penalty = free_bits(kl_per_dim, c.free_bits, sizes)
         else:
             penalty = kl
         if model.training:
             self.step += 1
-        return {
+        parts = {
             "loss": (recon + weight * penalty).mean(),
             "recon": recon.mean(),
             "kl": kl.mean(),
@@ -193,6 +197,9 @@ class RemedyLoss:
             "beta": recon.new_tensor(weight),
             "kl_per_dim": kl_per_dim.mean(0),
         }
+        if len(kl_dims) > 1:  # a hierarchical model's KL per group, recorded in the history of fit
+            parts.update({f"kl_g{i}": k.sum(1).mean() for i, k in enumerate(kl_dims)})
+        return parts
 
 
 def chapter_settings(

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import gaussian_kl, gaussian_log_prob, sample_with_log_prob
+from .evaluate import log_importance_weights, repeat_batch
+from .losses import GroupStats, elbo_terms
 
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
 NUM_PIXELS = 28 * 28
@@ -111,6 +112,19 @@ class StructuredCVAE(nn.Module):
         """p(y|x,z): z (B,D) and x (B,1,28,28) -> logits of every pixel, (B,1,28,28)."""
         return self.generation_net(torch.cat([x.flatten(1), z], dim=1)).view_as(x)
 
+    def forward(self, x, y):
+        """The course's model interface (see ``CVAE.forward``): ``log_px`` = log p(y|x,z) over the missing
+        pixels (those of x that are ``HIDDEN``), (B,), and the one latent group q(z|x,y), p(z|x)."""
+        mu, logvar = self.encode(x, y)  # q(z|x,y), (B, D) each
+        eps = torch.randn_like(mu)
+        params = self.decode_params(mu + torch.exp(0.5 * logvar) * eps, x)  # (B,1,28,28)
+        mask = (x == HIDDEN).float()  # 1 on the pixels to predict
+        return {
+            "log_px": masked_log_prob(params, y, mask),
+            "groups": [GroupStats(mu, logvar, *self.prior(x), eps)],
+            "params": params,
+        }
+
     @torch.no_grad()
     def predict(self, x, num_samples=1):
         """Draw z ~ p(z|x) and decode: (num_samples, B, 1, 28, 28) pixel means in [0, 1]."""
@@ -126,54 +140,33 @@ def baseline_nll(model, x, y, mask):
     return {"loss": nll.mean(), "nll": nll.mean(), "nll_per_image": nll}
 
 
-def _repeat(t, num_samples):
-    """(B, ...) -> (S*B, ...): the batch once per sample, to decode S samples of z at once."""
-    return t.expand(num_samples, *t.shape).flatten(0, 1)
-
-
-def negative_elbo(model, x, y, mask, num_samples=1):
+def negative_elbo(model, x, y, num_samples=1):
     """-ELBO = -E_q[log p(y|x,z)] + KL(q(z|x,y) || p(z|x)), nats over missing pixels (chapter 5).
 
-    The expectation is a mean over ``num_samples`` draws z ~ q(z|x,y) (Pyro's table: 10);
-    the KL between the two Gaussians is exact. Returns batch means and ``nelbo_per_image`` (B,).
+    ``losses.elbo_terms`` of the model's forward pass on the batch repeated ``num_samples`` times: the
+    expectation is a mean over that many draws z ~ q(z|x,y) (Pyro's table: 10), the KL between the two
+    Gaussians is exact. Returns batch means and ``nelbo_per_image`` (B,).
     """
-    mu, logvar = model.encode(x, y)  # q(z|x,y), (B, D) each
-    prior_mu, prior_logvar = model.prior(x)  # p(z|x), (B, D) each
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(num_samples, *mu.shape, device=mu.device)  # (S, B, D)
-    x_s, y_s, mask_s = (_repeat(t, num_samples) for t in (x, y, mask))
-    log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), x_s), y_s, mask_s)  # (S*B,)
-    recon = -log_p.view(num_samples, -1).mean(0)  # (B,)
-    kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar).sum(dim=1)  # (B,)
-    nelbo = recon + kl
+    terms = elbo_terms(model(repeat_batch(x, num_samples), repeat_batch(y, num_samples)))
+    per_image = terms["nelbo_per_image"].view(num_samples, -1).mean(0)  # (S*B,) -> (B,)
     return {
-        "loss": nelbo.mean(),
-        "recon": recon.mean(),
-        "kl": kl.mean(),
-        "nelbo": nelbo.mean(),
-        "nelbo_per_image": nelbo,
+        "loss": terms["loss"],
+        "recon": terms["recon"],
+        "kl": terms["kl"],
+        "nelbo": terms["nelbo"],
+        "nelbo_per_image": per_image,
     }
 
 
 @torch.no_grad()
-def importance_nll(model, x, y, mask, k=100, chunk=100):
+def importance_nll(model, x, y, k=100, chunk=100):
     """-log p(y|x) by importance sampling from q, K samples: (B,) nats (chapter 5).
 
-    -log (1/K) sum_k p(y|x,z_k) p(z_k|x) / q(z_k|x,y), z_k ~ q(z|x,y). An upper bound on
-    -log p(y|x) in expectation that tightens as K grows; K = 1 is the 1-sample -ELBO.
-    Samples are drawn ``chunk`` at a time to bound memory.
+    -log (1/K) sum_k p(y|x,z_k) p(z_k|x) / q(z_k|x,y), z_k ~ q(z|x,y): ``evaluate.log_importance_weights``,
+    the IWAE bound of chapter 1 written once for every model. An upper bound on -log p(y|x) in
+    expectation that tightens as K grows; K = 1 is the 1-sample -ELBO. ``chunk`` samples at a time.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    mu, logvar = model.encode(x, y)  # (B, D)
-    prior_mu, prior_logvar = model.prior(x)  # (B, D)
-    log_w = []
-    for start in range(0, k, chunk):
-        s = min(chunk, k - start)
-        z, log_qz = sample_with_log_prob(mu, logvar, s)  # (s, B, D), (s, B)
-        x_s, y_s, mask_s = (_repeat(t, s) for t in (x, y, mask))
-        log_p = masked_log_prob(model.decode_params(z.flatten(0, 1), x_s), y_s, mask_s)
-        log_w.append(log_p.view(s, -1) + gaussian_log_prob(z, prior_mu, prior_logvar) - log_qz)
-    log_w = torch.cat(log_w)  # (K, B)
+    log_w = log_importance_weights(model, x, y, k, max_images=chunk * len(x))  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 
 
@@ -185,7 +178,7 @@ def structured_loss(model, images, labels=None, num_given=2, num_samples=1):
     x, y, mask = split_quadrants(images, num_given)
     if isinstance(model, BaselineNet):
         return baseline_nll(model, x, y, mask)
-    return negative_elbo(model, x, y, mask, num_samples)
+    return negative_elbo(model, x, y, num_samples)
 
 
 @torch.no_grad()
@@ -204,8 +197,8 @@ def evaluate(model, batches, num_given, num_samples=10, k=100):
             parts = {"nll": baseline_nll(model, x, y, mask)["nll_per_image"]}
         else:
             parts = {
-                "nelbo": negative_elbo(model, x, y, mask, num_samples)["nelbo_per_image"],
-                "nll": importance_nll(model, x, y, mask, k),
+                "nelbo": negative_elbo(model, x, y, num_samples)["nelbo_per_image"],
+                "nll": importance_nll(model, x, y, k),
             }
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value.sum())

@@ -11,6 +11,7 @@ with ``DistributedDataParallel``: each process its shard of the batches (``data.
 and only rank 0 shows progress and writes the checkpoint.
 """
 
+import itertools
 import math
 import random
 import time
@@ -131,7 +132,7 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _rank0_decides(flag: bool, device: torch.device) -> bool:
-    """Rank 0's ``flag`` on every process (``max_minutes``: all processes stop after the same epoch)."""
+    """Rank 0's ``flag`` on every process (``max_minutes``: all processes stop at the same step)."""
     if _world_size() == 1:
         return flag
     t = torch.tensor([float(flag)], device=_comm_device(device))  # (1,)
@@ -228,6 +229,13 @@ class _EpochTotals:
     def means(self):
         return {k: float(v) / self.n for k, v in zip(self.names, self.totals)}
 
+    def state(self) -> dict:
+        """The flushed totals so far, as tensors and plain values (a checkpoint of a run stopped mid-epoch)."""
+        return {"names": self.names, "totals": torch.as_tensor(self.totals), "n": self.n, "steps": self.steps}
+
+    def restore(self, state: dict) -> None:
+        self.names, self.totals, self.n, self.steps = state["names"], state["totals"], state["n"], state["steps"]
+
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loss_fn, batches, device) -> dict:
@@ -255,7 +263,7 @@ def _resume(checkpoint, meta, model, optimizer):
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
-    return state["history"], state["epoch"]
+    return state["history"], state["epoch"], state.get("partial")
 
 
 def fit(
@@ -282,8 +290,10 @@ def fit(
     With ``checkpoint`` (a path), the model, optimizer, history and random state are saved
     after every epoch, with ``meta`` (e.g. how to rebuild the model); if that file already
     exists, training resumes from it and ends exactly where an uninterrupted run would.
-    ``max_minutes`` stops cleanly at the end of the first epoch after that much training time;
-    a later call with the same checkpoint goes on from there.
+    ``max_minutes`` stops cleanly within ``speed.sync_every`` steps of that much training time, mid-epoch
+    if need be, and saves the checkpoint there (with the epoch's step and totals so far); a later call
+    with the same checkpoint goes on from that step and ends as an uninterrupted run would (under
+    ``torchrun``, with other noise for the rest of that epoch).
     A loss part or a parameter that is no longer finite stops training with an error before
     anything is saved, so the last good checkpoint stays.
 
@@ -313,10 +323,10 @@ def fit(
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
-    history, start = [], 0
+    history, start, partial = [], 0, None
     seed_everything(config.seed)
     if checkpoint is not None and Path(checkpoint).exists():
-        history, start = _resume(checkpoint, meta, model, optimizer)
+        history, start, partial = _resume(checkpoint, meta, model, optimizer)
     run = model
     if world > 1:  # broadcasts rank 0's parameters; its backward averages the gradients
         run = DistributedDataParallel(
@@ -348,15 +358,51 @@ def fit(
         optimizer.step()
         return 0
 
+    def save(epoch, partial=None):
+        """The checkpoint after ``epoch`` whole epochs (and, stopped mid-epoch, the next one's ``partial`` state)."""
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(
+                checkpoint,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                history=history,
+                epoch=epoch,
+                partial=partial,
+                rng=_rng_state(),
+                meta=meta or {},
+            )
+
+    def out_of_time():
+        return max_minutes is not None and _rank0_decides(time.monotonic() - started > 60 * max_minutes, device)
+
+    def stopped_after(where):
+        if progress:
+            again = f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""
+            tqdm.write(f"stopped after {max_minutes:g} minutes, {where} of {num_epochs}{again}")
+
     for epoch in range(start, num_epochs):
-        for thing in (train_batches, loss_fn):  # seeded shuffling; a loss with a KL schedule
-            if hasattr(thing, "set_epoch"):
-                thing.set_epoch(epoch)
-        if world > 1:  # each process its own eps, fixed by (seed, epoch, rank): a resumed run goes on the same
-            torch.manual_seed(_rank_seed(config.seed, epoch, rank))
+        # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
+        done = partial["steps"] if partial is not None and epoch == start else 0
+        if hasattr(train_batches, "set_epoch"):  # seeded shuffling
+            train_batches.set_epoch(epoch)
+        if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
+            loss_fn.set_epoch(epoch, done) if done else loss_fn.set_epoch(epoch)
+        if world > 1:  # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
+            torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
         model.train()
         totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
-        bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
+        if done:
+            totals.restore(partial)
+            skipped = partial["skipped"]
+        bar = tqdm(
+            itertools.islice(train_batches, done, None),
+            total=len(train_batches),
+            initial=done,
+            desc=f"epoch {epoch + 1}/{num_epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        stopped = False
         for x, y in bar:
             x, y = to_device(x, y)
             parts = losses(x, y)
@@ -367,7 +413,14 @@ def fit(
             if len(totals.pending) == speed.sync_every:
                 totals.flush()
                 bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
+                if out_of_time() and totals.steps < len(train_batches):
+                    stopped = True
+                    break
         totals.flush()
+        if stopped:  # mid-epoch: save where we are; the same call again goes on from this step
+            save(epoch, {**totals.state(), "skipped": skipped})
+            stopped_after(f"at step {totals.steps} of epoch {epoch + 1}")
+            break
         totals.reduce()
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
         if config.skip_grad_norm is not None:
@@ -378,25 +431,8 @@ def fit(
         history.append(record)
         if progress:
             tqdm.write("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(
-                checkpoint,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                history=history,
-                epoch=epoch + 1,
-                rng=_rng_state(),
-                meta=meta or {},
-            )
-        if (
-            max_minutes is not None
-            and _rank0_decides(time.monotonic() - started > 60 * max_minutes, device)
-            and epoch + 1 < num_epochs
-        ):
-            if progress:
-                tqdm.write(
-                    f"stopped after {max_minutes:g} minutes, at epoch {epoch + 1} of {num_epochs}"
-                    + (f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else "")
-                )
+        save(epoch + 1)
+        if epoch + 1 < num_epochs and out_of_time():
+            stopped_after(f"at the end of epoch {epoch + 1}")
             break
     return history

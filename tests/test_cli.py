@@ -242,7 +242,7 @@ def test_max_minutes_stops_cleanly_and_a_later_run_resumes(data_root, tmp_path, 
     ]
     main(args + ["--max-minutes", "0.5"])  # 30 s: stops after the first epoch
     assert load_checkpoint(ckpt).meta["epoch"] == 1
-    assert "(epoch 1 of 4)" in capsys.readouterr().out
+    assert "(1 of 4 epochs)" in capsys.readouterr().out
     main(args + ["--max-minutes", "0.5"])  # resumes, and stops after one more epoch
     assert load_checkpoint(ckpt).meta["epoch"] == 2
     main(args)

@@ -103,8 +103,9 @@ def test_remedy_loss_schedule_advances_with_training_steps_and_resets_each_epoch
 
 
 def test_remedy_loss_options_are_checked():
-    with pytest.raises(ValueError, match="group balancing needs group_sizes"):
-        RemedyConfig(group_balance=True)
+    with pytest.raises(ValueError, match="group balancing needs several latent groups"):  # one group, no split
+        loss = RemedyLoss(RemedyConfig(group_balance=True, schedule="linear"), steps_per_epoch=4)
+        loss(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unknown beta schedule"):
         RemedyConfig(schedule="step")
     with pytest.raises(ValueError, match="needs a fixed-sigma Gaussian decoder"):

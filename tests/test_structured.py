@@ -82,13 +82,13 @@ def test_shapes():
         assert mu.shape == logvar.shape == (5, 4)
     assert cvae.decode_params(torch.randn(5, 4), x).shape == (5, 1, 28, 28)
     assert cvae.predict(x, num_samples=3).shape == (3, 5, 1, 28, 28)
-    parts = negative_elbo(cvae, x, y, mask, num_samples=10)
+    parts = negative_elbo(cvae, x, y, num_samples=10)
     assert parts["nelbo_per_image"].shape == (5,) and parts["loss"].dim() == 0
     assert torch.allclose(parts["nelbo"], parts["recon"] + parts["kl"])
-    assert importance_nll(cvae, x, y, mask, k=7, chunk=3).shape == (5,)
+    assert importance_nll(cvae, x, y, k=7, chunk=3).shape == (5,)
     assert baseline_nll(baseline, x, y, mask)["nll_per_image"].shape == (5,)
     with pytest.raises(ValueError, match="k must be at least 1"):
-        importance_nll(cvae, x, y, mask, k=0)
+        importance_nll(cvae, x, y, k=0)
 
 
 def test_masked_log_prob_counts_only_the_missing_pixels():
@@ -153,11 +153,11 @@ def test_importance_estimate_is_below_the_elbo_and_decreases_with_k(trained):
     model, x, y, mask = trained
     torch.manual_seed(0)
     with torch.no_grad():
-        nelbo = float(negative_elbo(model, x, y, mask, num_samples=100)["nelbo"])
+        nelbo = float(negative_elbo(model, x, y, num_samples=100)["nelbo"])
     estimates = {}
     for k in (1, 10, 100, 1000):
         torch.manual_seed(k)
-        estimates[k] = float(importance_nll(model, x, y, mask, k=k).mean())
+        estimates[k] = float(importance_nll(model, x, y, k=k).mean())
     assert all(math.isfinite(v) for v in estimates.values())
     assert estimates[100] <= nelbo and estimates[1000] <= nelbo, (estimates, nelbo)
     # larger K: a tighter (lower) estimate, and the steps shrink as it converges
@@ -169,8 +169,8 @@ def test_one_sample_importance_estimate_is_the_elbo_in_expectation(trained):
     model, x, y, mask = trained
     torch.manual_seed(0)
     with torch.no_grad():
-        nelbo = negative_elbo(model, x, y, mask, num_samples=500)["nelbo_per_image"]  # (B,), near exact
-    draws = torch.stack([importance_nll(model, x, y, mask, k=1) for _ in range(50)])  # (50, B)
+        nelbo = negative_elbo(model, x, y, num_samples=500)["nelbo_per_image"]  # (B,), near exact
+    draws = torch.stack([importance_nll(model, x, y, k=1) for _ in range(50)])  # (50, B)
     diff = draws - nelbo  # noise of the 1-sample estimate (with a sampled, not exact, KL)
     standard_error = float(diff.std() / math.sqrt(diff.numel()))
     assert abs(float(diff.mean())) < 4 * standard_error + 0.05, (float(diff.mean()), standard_error)
@@ -181,8 +181,8 @@ def test_importance_estimate_is_below_the_elbo_for_an_untrained_model():
     model = StructuredCVAE(latent_dim=8, hidden=64).eval()
     x, y, mask = split_quadrants(random_images(50), 2)
     with torch.no_grad():
-        nelbo = float(negative_elbo(model, x, y, mask, num_samples=100)["nelbo"])
-    assert float(importance_nll(model, x, y, mask, k=200).mean()) <= nelbo
+        nelbo = float(negative_elbo(model, x, y, num_samples=100)["nelbo"])
+    assert float(importance_nll(model, x, y, k=200).mean()) <= nelbo
 
 
 def test_evaluate_reports_exact_baseline_nll_and_cvae_bounds():

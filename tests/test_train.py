@@ -94,6 +94,40 @@ def test_interrupted_run_resumes_exactly(mnist_subset, tmp_path):
     assert resumed_history == history
 
 
+def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(
+    mnist_subset, tmp_path, monkeypatch
+):
+    import cvaelib.train
+    from cvaelib.remedies import RemedyConfig, RemedyLoss
+
+    x, y, _, _ = mnist_subset
+    batches = _batches(x, y, batch_size=10)  # 200 images: 20 steps per epoch
+    speed, config = SpeedConfig(sync_every=3), TrainConfig(seed=5)
+
+    def loss():  # a warm-up: the schedule must go on from the step the run stopped at
+        return RemedyLoss(RemedyConfig(schedule="linear", warmup=1.5), steps_per_epoch=len(batches))
+
+    torch.manual_seed(0)
+    straight = CVAE(**META["model"])
+    history = fit(straight, loss(), batches, 2, device="cpu", config=config, speed=speed, progress=False)
+
+    clock = iter(range(0, 10_000))  # every call to the clock: one more second
+    monkeypatch.setattr(cvaelib.train.time, "monotonic", lambda: next(clock))
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    stopped = CVAE(**META["model"])
+    kwargs = dict(device="cpu", config=config, speed=speed, checkpoint=path, meta=META, progress=False)
+    assert fit(stopped, loss(), batches, 2, max_minutes=4 / 60, **kwargs) == []  # 4 s: mid-epoch 1
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["partial"]["steps"] < len(batches)
+    monkeypatch.undo()
+    resumed = CVAE(**META["model"])
+    resumed_history = fit(resumed, loss(), batches, 2, **kwargs)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed_history == history
+
+
 def test_a_checkpoint_of_another_model_is_refused_not_overwritten(mnist_subset, tmp_path):
     x, y, _, _ = mnist_subset
     path = tmp_path / "run.pt"

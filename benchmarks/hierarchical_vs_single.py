@@ -1,0 +1,170 @@
+"""Chapter 4's two models on one wall-clock budget: test bits/dim over time, then judged prior samples.
+
+    python benchmarks/hierarchical_vs_single.py --minutes 60 --eval-every 5
+
+Trains the single-latent conv CVAE and the hierarchical CVAE on CIFAR-10 for the same number of
+minutes each (one after the other, on the same cores), and after every ``--eval-every`` minutes of
+training records the test bits/dim on the first ``--test-images`` test images: a curve for both.
+Training goes through ``fit`` with ``max_minutes`` and a checkpoint per model in ``--runs``, so an
+interrupted benchmark resumes where it stopped. Then a classifier trained on the real training images
+(the course's judge) judges 100 prior samples per class at each temperature. The figures, with their
+provenance, go to ``--out`` (JSON) and a grid of samples per model beside it (PNG).
+"""
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from cvaelib import data
+from cvaelib.cli import default_settings
+from cvaelib.diagnostics import diagnose
+from cvaelib.evaluate import negative_elbo
+from cvaelib.judge import classifier_accuracy, judge_samples, train_classifier
+from cvaelib.losses import bits_per_dim
+from cvaelib.models import build_model
+from cvaelib.provenance import provenance
+from cvaelib.remedies import RemedyLoss
+from cvaelib.train import fit, seed_everything
+
+
+def contenders() -> dict:
+    """name -> (model, remedy and optimisation configurations, batch size): the command line's defaults.
+
+    The single-latent conv CVAE gets the hierarchical model's likelihood, so that only the latents differ.
+    """
+    single, single_remedies, single_optim, single_batch, _ = default_settings("cifar10")
+    single = replace(single, likelihood="logistic_mixture")
+    return {
+        "single_latent": (single, single_remedies, single_optim, single_batch),
+        "hierarchical": default_settings("cifar10", "hierarchical")[:4],
+    }
+
+
+def bpd(model, batches) -> float:
+    return bits_per_dim(negative_elbo(model, batches)["nelbo"], 3 * 32 * 32)
+
+
+def race(name, settings, train_images, train_labels, test_batches, minutes, eval_every, runs):
+    """Train a contender for ``minutes`` of training time; its state (seconds, curve of test bits/dim) and model.
+
+    Each ``fit`` call trains ``eval_every`` minutes and saves the checkpoint; the next one resumes from it.
+    """
+    model_config, remedies, optim, batch_size = settings
+    seed_everything(0)
+    model = build_model(**asdict(model_config))
+    batches = data.Batches(train_images, train_labels, batch_size, seed=0)
+    checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
+    state = json.loads(log.read_text()) if log.exists() and checkpoint.exists() else {"seconds": 0.0, "curve": []}
+    meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
+
+    def train(max_minutes):
+        loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
+        fit(model, loss, batches, 10_000, config=optim, checkpoint=checkpoint, meta=meta, progress=False,
+            max_minutes=max_minutes, device="cpu")  # fmt: skip
+        return model.eval()
+
+    while state["seconds"] < 60 * minutes - 1:
+        start = time.monotonic()
+        train(min(eval_every, minutes - state["seconds"] / 60))
+        state["seconds"] += time.monotonic() - start
+        point = {"minutes": round(state["seconds"] / 60, 2), "test_bits_per_dim": round(bpd(model, test_batches), 4)}
+        state["curve"].append(point)
+        log.write_text(json.dumps(state))
+        print(name, point, flush=True)
+    if checkpoint.exists():  # a resumed benchmark whose budget was spent: load the model, train ~nothing
+        train(1e-9)
+    return state, model
+
+
+def judged(model, judge, temperatures, per_class, out_png):
+    """Judged accuracy of ``per_class`` prior samples per class at each temperature; a grid at the best."""
+    labels = torch.arange(10).repeat_interleave(per_class)
+    scores, grids = {}, {}
+    for t in temperatures:
+        seed_everything(0)
+        samples = model.sample(labels, temperature=t)
+        scores[t] = judge_samples(judge, samples, labels)
+        grids[t] = samples.view(10, per_class, *samples.shape[1:])[:, :8].flatten(0, 1)
+    best = max(scores, key=lambda t: scores[t]["accuracy"])
+    save_image(grids[best], out_png, nrow=8, padding=1, pad_value=1.0)
+    return {
+        "accuracy_by_temperature": {str(t): round(s["accuracy"], 4) for t, s in scores.items()},
+        "best_temperature": best,
+        "per_class_at_best": [round(a, 4) for a in scores[best]["per_class"].tolist()],
+        "samples_png": out_png.name,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=60.0, help="training minutes per model")
+    p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between two test points")
+    p.add_argument("--test-images", type=int, default=2000, help="test images of the curve and the final figures")
+    p.add_argument("--judge-epochs", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=100, help="prior samples per class for the judge")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
+    p.add_argument("--only", nargs="+", choices=["single_latent", "hierarchical"], help="race only these models")
+    p.add_argument("--runs", type=Path, default=Path("runs/hierarchical_vs_single"))
+    p.add_argument("--out", type=Path, default=Path("results/benchmark_hierarchical_vs_single.json"))
+    args = p.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
+    data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
+    source = provenance(0.0, settings, profile="benchmark", data=data_note)  # the commit the run starts from
+
+    train_images, train_labels = data.load("cifar10", "train")
+    test_images, test_labels = data.load("cifar10", "test")
+    test_batches = data.Batches(test_images[: args.test_images], test_labels[: args.test_images], 250, shuffle=False)
+    seed_everything(0)
+    judge, _ = train_classifier(train_images, train_labels, num_epochs=args.judge_epochs, seed=0, progress=False)
+    real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
+    print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
+
+    figures = {"judge_accuracy_on_real_test_images": round(real, 4), "models": {}}
+    for name, settings in contenders().items():
+        if args.only and name not in args.only:
+            continue
+        state, model = race(name, settings, train_images, train_labels, test_batches, args.minutes, args.eval_every,
+                            args.runs)  # fmt: skip
+        d = diagnose(model, test_batches, max_images=500)
+        model_config, remedies, optim, batch_size = settings
+        figures["models"][name] = {
+            "settings": {
+                "model": asdict(model_config),
+                "remedies": asdict(remedies),
+                "train": asdict(optim),
+                "batch_size": batch_size,
+            },  # fmt: skip
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "training_minutes": round(state["seconds"] / 60, 2),
+            "curve": state["curve"],
+            "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
+            "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
+            "active_groups": d["active_groups"],
+            "judged": judged(
+                model, judge, args.temperatures, args.per_class, args.out.with_name(f"{args.out.stem}_{name}.png")
+            ),  # fmt: skip
+        }
+        print(name, json.dumps(figures["models"][name]["judged"]), flush=True)
+    record = {**source, "wall_seconds": round(time.time() - began, 1), **figures}
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    print("| model | minutes | test bits/dim | judged (best temperature) |")
+    for name, m in figures["models"].items():
+        best = m["judged"]["best_temperature"]
+        accuracy = m["judged"]["accuracy_by_temperature"][str(best)]
+        print(f"| {name} | {m['training_minutes']} | {m['test_bits_per_dim']:.3f} | {accuracy:.1%} (T={best}) |")
+    if math.isfinite(real):
+        print(f"| real test images | | | {real:.1%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Where a recorded figure comes from: commit, date, device, wall time and settings (``results/``)."""
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .profile import profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commit() -> str:
+    """The repository's commit, with ``+changes`` when the working tree differs from it ("unknown" outside git)."""
+    try:
+        run = dict(cwd=ROOT, capture_output=True, text=True, check=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def device_description() -> str:
+    """The machine in words: the GPU's name, else the CPU's model and the threads torch uses."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    return f"CPU: {model}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+
+
+def provenance(wall_seconds: float, settings: dict, **extra) -> dict:
+    """The provenance block of a results file: profile, commit, date, device, wall time, settings (and ``extra``)."""
+    return {
+        "profile": profile(),
+        "commit": _commit(),
+        "date": datetime.date.today().isoformat(),
+        "device": device_description(),
+        "torch": torch.__version__,
+        "wall_seconds": round(wall_seconds, 1),
+        "settings": settings,
+        **extra,
+    }

@@ -24,34 +24,60 @@ from torchvision.utils import save_image
 from cvaelib import data
 from cvaelib.cli import default_settings
 from cvaelib.diagnostics import diagnose
-from cvaelib.evaluate import negative_elbo
-from cvaelib.judge import classifier_accuracy, judge_samples, train_classifier
+from cvaelib.judge import Classifier, classifier_accuracy, judge_samples, train_classifier
 from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
 from cvaelib.provenance import provenance
 from cvaelib.remedies import RemedyLoss
-from cvaelib.train import fit, seed_everything
+from cvaelib.train import evaluate_loss, fit, seed_everything
 
 
-def contenders() -> dict:
+def contenders(size: str = "small") -> dict:
     """name -> (model, remedy and optimisation configurations, batch size): the command line's defaults.
 
     The single-latent conv CVAE gets the hierarchical model's likelihood, so that only the latents differ.
     """
     single, single_remedies, single_optim, single_batch, _ = default_settings("cifar10")
     single = replace(single, likelihood="logistic_mixture")
+    hierarchical, *rest = default_settings("cifar10", "hierarchical")[:4]
     return {
         "single_latent": (single, single_remedies, single_optim, single_batch),
-        "hierarchical": default_settings("cifar10", "hierarchical")[:4],
+        "hierarchical": (replace(hierarchical, size=size, **UNSET), *rest),
     }
 
 
-def bpd(model, batches) -> float:
-    return bits_per_dim(negative_elbo(model, batches)["nelbo"], 3 * 32 * 32)
+# A size preset's values, left to be filled from the preset (``HierarchicalConfig``).
+UNSET = dict(widths=None, latent_channels=None, groups_per_resolution=None, blocks_per_resolution=None)
 
 
-def race(name, settings, train_images, train_labels, test_batches, minutes, eval_every, runs):
-    """Train a contender for ``minutes`` of training time; its state (seconds, curve of test bits/dim) and model.
+def evaluate_point(model, loss, test_batches) -> dict:
+    """Test bits/dim (the true negative ELBO, whatever the remedy) and, for a hierarchy, the KL of each group."""
+    parts = evaluate_loss(model, loss, test_batches, "cpu")
+    point = {"test_bits_per_dim": round(bits_per_dim(parts["nelbo"], 3 * 32 * 32), 4)}
+    groups = sorted((k for k in parts if k.startswith("kl_g")), key=lambda k: int(k[4:]))
+    if groups:
+        point["test_kl_groups_nats"] = [round(parts[k], 2) for k in groups]
+    return point
+
+
+def load_or_train_judge(images, labels, epochs, runs, per_class=None):
+    """The course's judge trained on the real training images, kept in ``runs`` (weights only) for later runs."""
+    path = runs / f"judge_{epochs}_epochs_{per_class or 'all'}.pt"
+    if per_class is not None:
+        images, labels = data.stratified_subset(images, labels, per_class)
+    judge = Classifier((3, 32, 32))
+    if path.exists():
+        judge.load_state_dict(torch.load(path, weights_only=True))
+        return judge.eval()
+    seed_everything(0)
+    judge, _ = train_classifier(images, labels, num_epochs=epochs, seed=0, progress=False)
+    torch.save(judge.state_dict(), path)
+    return judge.eval()
+
+
+def race(name, settings, train_images, train_labels, test_batches, minutes, eval_every, runs, num_epochs=10_000):
+    """Train a contender for ``minutes`` of training time (or ``num_epochs``, whichever ends first); its state
+    (seconds, and a curve of test bits/dim and KL per group at every ``eval_every`` minutes) and model.
 
     Each ``fit`` call trains ``eval_every`` minutes and saves the checkpoint; the next one resumes from it.
     """
@@ -60,26 +86,39 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
     model = build_model(**asdict(model_config))
     batches = data.Batches(train_images, train_labels, batch_size, seed=0)
     checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
-    state = json.loads(log.read_text()) if log.exists() and checkpoint.exists() else {"seconds": 0.0, "curve": []}
+    fresh = {"seconds": 0.0, "curve": [], "done": False}
+    state = json.loads(log.read_text()) if log.exists() and checkpoint.exists() else fresh
     meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
+    loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
 
     def train(max_minutes):
-        loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
-        fit(model, loss, batches, 10_000, config=optim, checkpoint=checkpoint, meta=meta, progress=False,
-            max_minutes=max_minutes, device="cpu")  # fmt: skip
-        return model.eval()
+        history = fit(
+            model,
+            loss,
+            batches,
+            num_epochs,
+            config=optim,
+            checkpoint=checkpoint,
+            meta=meta,
+            progress=False,
+            max_minutes=max_minutes,
+            device="cpu",
+        )
+        return len(history) >= num_epochs
 
-    while state["seconds"] < 60 * minutes - 1:
+    while state["seconds"] < 60 * minutes - 1 and not state["done"]:
         start = time.monotonic()
-        train(min(eval_every, minutes - state["seconds"] / 60))
+        state["done"] = train(min(eval_every, minutes - state["seconds"] / 60))
         state["seconds"] += time.monotonic() - start
-        point = {"minutes": round(state["seconds"] / 60, 2), "test_bits_per_dim": round(bpd(model, test_batches), 4)}
-        state["curve"].append(point)
+        saved = torch.load(checkpoint, weights_only=True)
+        epochs = saved["epoch"] + (saved["partial"]["steps"] / len(batches) if saved.get("partial") else 0.0)
+        point = {"minutes": round(state["seconds"] / 60, 2), "epochs": round(epochs, 3)}
+        state["curve"].append({**point, **evaluate_point(model.eval(), loss, test_batches)})
         log.write_text(json.dumps(state))
-        print(name, point, flush=True)
+        print(name, state["curve"][-1], flush=True)
     if checkpoint.exists():  # a resumed benchmark whose budget was spent: load the model, train ~nothing
         train(1e-9)
-    return state, model
+    return state, model.eval()
 
 
 def judged(model, judge, temperatures, per_class, out_png):
@@ -88,7 +127,7 @@ def judged(model, judge, temperatures, per_class, out_png):
     scores, grids = {}, {}
     for t in temperatures:
         seed_everything(0)
-        samples = model.sample(labels, temperature=t)
+        samples = model.sample(labels, temperature=t, mean=True)  # the decoded image, as every chapter shows
         scores[t] = judge_samples(judge, samples, labels)
         grids[t] = samples.view(10, per_class, *samples.shape[1:])[:, :8].flatten(0, 1)
     best = max(scores, key=lambda t: scores[t]["accuracy"])
@@ -101,18 +140,20 @@ def judged(model, judge, temperatures, per_class, out_png):
     }
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=60.0, help="training minutes per model")
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between two test points")
     p.add_argument("--test-images", type=int, default=2000, help="test images of the curve and the final figures")
     p.add_argument("--judge-epochs", type=int, default=10)
+    p.add_argument("--judge-per-class", type=int, help="train the judge on this many images per class (all)")
     p.add_argument("--per-class", type=int, default=100, help="prior samples per class for the judge")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
+    p.add_argument("--size", default="small", help="the hierarchical model's size preset")
     p.add_argument("--only", nargs="+", choices=["single_latent", "hierarchical"], help="race only these models")
     p.add_argument("--runs", type=Path, default=Path("runs/hierarchical_vs_single"))
     p.add_argument("--out", type=Path, default=Path("results/benchmark_hierarchical_vs_single.json"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     began = time.time()
@@ -123,17 +164,17 @@ def main():
     train_images, train_labels = data.load("cifar10", "train")
     test_images, test_labels = data.load("cifar10", "test")
     test_batches = data.Batches(test_images[: args.test_images], test_labels[: args.test_images], 250, shuffle=False)
-    seed_everything(0)
-    judge, _ = train_classifier(train_images, train_labels, num_epochs=args.judge_epochs, seed=0, progress=False)
+    judge = load_or_train_judge(train_images, train_labels, args.judge_epochs, args.runs, args.judge_per_class)
     real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
     print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
 
     figures = {"judge_accuracy_on_real_test_images": round(real, 4), "models": {}}
-    for name, settings in contenders().items():
+    for name, settings in contenders(args.size).items():
         if args.only and name not in args.only:
             continue
-        state, model = race(name, settings, train_images, train_labels, test_batches, args.minutes, args.eval_every,
-                            args.runs)  # fmt: skip
+        state, model = race(
+            name, settings, train_images, train_labels, test_batches, args.minutes, args.eval_every, args.runs
+        )
         d = diagnose(model, test_batches, max_images=500)
         model_config, remedies, optim, batch_size = settings
         figures["models"][name] = {
@@ -142,7 +183,7 @@ def main():
                 "remedies": asdict(remedies),
                 "train": asdict(optim),
                 "batch_size": batch_size,
-            },  # fmt: skip
+            },
             "parameters": sum(p.numel() for p in model.parameters()),
             "training_minutes": round(state["seconds"] / 60, 2),
             "curve": state["curve"],
@@ -151,7 +192,7 @@ def main():
             "active_groups": d["active_groups"],
             "judged": judged(
                 model, judge, args.temperatures, args.per_class, args.out.with_name(f"{args.out.stem}_{name}.png")
-            ),  # fmt: skip
+            ),
         }
         print(name, json.dumps(figures["models"][name]["judged"]), flush=True)
     record = {**source, "wall_seconds": round(time.time() - began, 1), **figures}

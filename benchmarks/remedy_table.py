@@ -1,152 +1,147 @@
-"""Chapter 4's remedy table on a budget of your choice: train every remedy, diagnose, judge.
+"""Chapter 4's remedy table: the hierarchical CVAE trained once per remedy on one wall-clock budget.
 
-    python benchmarks/remedy_table.py --per-class 1000 --epochs 10
+    python benchmarks/remedy_table.py --per-class 1000 --epochs 2 --warmup 1 --eval-every 1.5
 
-Trains the conv CVAE of chapter 4 on CIFAR-10 once per remedy (settings from
-``cvaelib.remedies.chapter_settings``), with a checkpoint per model in --runs so an
-interrupted run resumes; trains the judge on real training images; and prints one
-markdown row per model: bits/dim, active units, KL, I(x; z | y), decoder sensitivity,
-verdict, judged accuracy and Fréchet distance of the samples, and training seconds.
-A grid of prior samples per remedy is written to --runs/samples.png.
+Trains the command line's hierarchical CVAE (``--arch hierarchical``) on CIFAR-10 once per remedy of
+``cvaelib.remedies.chapter_settings`` (none, KL warm-up, free bits per group, NVAE group balancing,
+DreamerV2 balancing, beta = 1e-5), every remedy on the same budget: ``--epochs`` over ``--per-class``
+training images per class (and at most ``--minutes`` each), recording the test bits/dim and the KL of each
+latent group after every ``--eval-every`` minutes; then diagnoses each model (active groups, per-group
+KL, I(x; z | y)), and judges its prior samples at each temperature with the course's classifier
+(accuracy at the best temperature, Fréchet distance). Checkpoints in ``--runs``: an interrupted run
+resumes. The figures and their provenance go to ``--out`` (chapter 4 reads them), a grid of samples
+per remedy beside it.
 """
 
 import argparse
+import json
+import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
-from cvaelib import CVAE, data
-from cvaelib.diagnostics import compare
-from cvaelib.judge import classifier_accuracy, frechet_distance, train_classifier
-from cvaelib.remedies import RemedyConfig, RemedyLoss, chapter_settings
-from cvaelib.train import fit, seed_everything
+sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script or loaded by the tests
+from hierarchical_vs_single import UNSET, load_or_train_judge, race  # noqa: E402
 
-
-def _subset(images, labels, per_class, seed=0):
-    return (images, labels) if per_class is None else data.stratified_subset(images, labels, per_class, seed)
-
-
-def run(
-    per_class=None,
-    epochs=30,
-    latent_dim=64,
-    batch_size=128,
-    test_per_class=None,
-    judge_per_class=None,
-    judge_epochs=10,
-    samples_per_class=100,
-    collapse_beta=300.0,
-    runs=Path("runs/remedy_table"),
-    only=None,
-    device="cpu",
-):
-    runs.mkdir(parents=True, exist_ok=True)
-    train_images, train_labels = data.load("cifar10", "train")
-    test_images, test_labels = data.load("cifar10", "test")
-    # As in chapter 4: the first half of the test set tests the VAEs, the second half is the real reference.
-    x_train, y_train = _subset(train_images, train_labels, per_class)
-    x_test, y_test = _subset(test_images[:5000], test_labels[:5000], test_per_class)
-    x_ref, _ = _subset(test_images[5000:], test_labels[5000:], samples_per_class)
-    train_batches = data.Batches(x_train, y_train, batch_size, device=device, seed=0)
-    test_batches = data.Batches(x_test, y_test, 500, shuffle=False, device=device)
-    settings = chapter_settings(epochs, collapse_beta, group_sizes=(latent_dim // 4, latent_dim - latent_dim // 4))
-
-    start = time.time()
-    x_judge, y_judge = _subset(train_images, train_labels, judge_per_class, seed=1)
-    judge, _ = train_classifier(x_judge, y_judge, num_epochs=judge_epochs, device=device, progress=False)
-    judge_seconds = time.time() - start
-    real_ref = x_ref.float() / 255
-    rows = {
-        "real test images": dict(
-            judged=classifier_accuracy(judge, test_images[5000:], test_labels[5000:], device),
-            fd=frechet_distance(judge, real_ref, x_test[: len(x_ref)].float() / 255),
-        )
-    }
-    grids = []
-    for name, s in settings.items():
-        if only and name not in only:
-            continue
-        seed_everything(0)
-        model = CVAE(
-            image_shape=(3, 32, 32),
-            num_classes=10,
-            latent_dim=latent_dim,
-            arch="conv",
-            likelihood=s["likelihood"],
-            prior="learned",
-        )
-        start = time.time()
-        meta = {"remedy": name, "settings": repr(s), "per_class": per_class, "latent_dim": latent_dim}
-        fit(
-            model,
-            RemedyLoss(RemedyConfig(**s["loss"]), steps_per_epoch=len(train_batches)),
-            train_batches,
-            epochs,
-            device=device,
-            checkpoint=runs / f"{name}.pt",
-            meta=meta,
-            progress=False,
-        )
-        rows[name] = compare(model.eval(), test_batches, judge, real_ref, samples_per_class)
-        rows[name]["seconds"] = time.time() - start
-        grids.append(rows[name]["samples"].view(10, samples_per_class, 3, 32, 32)[:, :8].reshape(-1, 3, 32, 32))
-        print(f"{name}: {rows[name]['verdict']}", flush=True)
-    if grids:  # one block of 10 classes x 8 samples per remedy, side by side
-        save_image(torch.cat(grids), runs / "samples.png", nrow=8, padding=1, pad_value=1.0)
-
-    print(
-        f"\nCIFAR-10, {len(x_train)} training images, {epochs} epochs, latent {latent_dim}, batch {batch_size}, "
-        f"{len(x_test)} test images; judge: {len(x_judge)} images, {judge_epochs} epochs, {judge_seconds:.0f} s"
-    )
-    print(
-        "| remedy | bits/dim | active units | KL (nats) | I(x; z \\| y) (nats) | decoder sensitivity | verdict "
-        "| judged accuracy | Fréchet distance | train s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        if "units" not in r:
-            print(f"| {name} | | | | | | | {r['judged']:.1%} | {r['fd']:.1f} | |")
-            continue
-        bpd = "n/a" if r["bpd"] is None else f"{r['bpd']:.3f}"
-        print(
-            f"| {name} | {bpd} | {r['units']} of {latent_dim} | {r['kl']:.1f} | {r['mi']:.2f} | "
-            f"{r['sensitivity']:.3f} | {r['verdict'].split(':')[0]} | {r['judged']:.1%} | {r['fd']:.1f} | "
-            f"{r['seconds']:.0f} |"
-        )
-    return rows
+from cvaelib import data  # noqa: E402
+from cvaelib.cli import default_settings  # noqa: E402
+from cvaelib.diagnostics import compare  # noqa: E402
+from cvaelib.judge import classifier_accuracy, frechet_distance  # noqa: E402
+from cvaelib.provenance import provenance  # noqa: E402
+from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
 
 
-def main(argv=None):
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--per-class", type=int, help="training images per class (default: all)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--latent-dim", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--test-per-class", type=int, help="test images per class (default: all 5,000 of the first half)")
-    p.add_argument("--judge-per-class", type=int, help="judge training images per class (default: all)")
+    p.add_argument("--per-class", type=int, default=1000, help="training images per class")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per remedy: the budget")
+    p.add_argument("--minutes", type=float, help="at most this many training minutes each (default: no limit)")
+    p.add_argument("--eval-every", type=float, default=1.5, help="minutes of training between two test points")
+    p.add_argument("--warmup", type=float, default=1.0, help="epochs of the KL warm-ups")
+    p.add_argument("--free-bits", type=float, default=4.0, help="nats each latent group may keep for free")
+    p.add_argument("--size", default="small", help="the hierarchical model's size preset")
+    p.add_argument("--test-images", type=int, default=1000)
+    p.add_argument("--stats-images", type=int, default=500, help="test images of the diagnosis")
     p.add_argument("--judge-epochs", type=int, default=10)
-    p.add_argument("--samples-per-class", type=int, default=100)
-    p.add_argument("--collapse-beta", type=float, default=300.0)
-    p.add_argument("--runs", type=Path, default=Path("runs/remedy_table"), help="checkpoints and samples.png")
+    p.add_argument("--judge-per-class", type=int, help="train the judge on this many images per class (all)")
+    p.add_argument("--samples-per-class", type=int, default=100, help="prior samples per class for the judge")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
     p.add_argument("--only", nargs="+", help="train only these remedies")
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
-    return run(
-        a.per_class,
-        a.epochs,
-        a.latent_dim,
-        a.batch_size,
-        a.test_per_class,
-        a.judge_per_class,
-        a.judge_epochs,
-        a.samples_per_class,
-        a.collapse_beta,
-        a.runs,
-        a.only,
-        a.device,
-    )
+    p.add_argument("--runs", type=Path, default=Path("runs/remedy_table"))
+    p.add_argument("--out", type=Path, default=Path("results/04_cvae_cifar10.json"))
+    args = p.parse_args(argv)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
+    data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
+    source = provenance(0.0, settings, profile="cpu-budget", data=data_note)  # the commit the run starts from
+
+    all_images, all_labels = data.load("cifar10", "train")
+    train_images, train_labels = data.stratified_subset(all_images, all_labels, args.per_class)
+    test_images, test_labels = data.load("cifar10", "test")
+    # As in chapter 4: the first half of the test set tests the models, the second half is the real reference.
+    n = min(args.test_images, 5000)
+    test_batches = data.Batches(test_images[:n], test_labels[:n], 250, shuffle=False)
+    real_ref = data.stratified_subset(test_images[5000:], test_labels[5000:], args.samples_per_class)[0].float() / 255
+    judge = load_or_train_judge(all_images, all_labels, args.judge_epochs, args.runs, args.judge_per_class)
+    real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
+    print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
+
+    model_config, _, optim, batch_size, _ = default_settings("cifar10", "hierarchical")
+    model_config = replace(model_config, size=args.size, **UNSET)
+    remedies = chapter_settings(args.warmup, args.free_bits)
+    rows, grids = {}, []
+    for name, remedy in remedies.items():
+        if args.only and name not in args.only:
+            continue
+        config = RemedyConfig(**remedy)
+        state, model = race(
+            name,
+            (model_config, config, optim, batch_size),
+            train_images,
+            train_labels,
+            test_batches,
+            args.minutes or float("inf"),
+            args.eval_every,
+            args.runs,
+            args.epochs,
+        )
+        r = compare(
+            model,
+            test_batches,
+            judge,
+            real_ref,
+            args.samples_per_class,
+            temperatures=tuple(args.temperatures),
+            max_images=args.stats_images,
+        )
+        rows[name] = {
+            "remedy": asdict(config),
+            "training_minutes": round(state["seconds"] / 60, 2),
+            "curve": state["curve"],
+            "bits_per_dim": round(r["bpd"], 4),
+            "active_groups": r["groups"],
+            "groups": len(r["kl_groups"]),
+            "kl_nats": round(r["kl"], 2),
+            "kl_groups_nats": [round(k, 2) for k in r["kl_groups"]],
+            "mutual_information_nats": round(r["mi"], 3),
+            "decoder_sensitivity": round(r["sensitivity"], 4),
+            "verdict": r["verdict"],
+            "judged_by_temperature": {str(t): round(a, 4) for t, a in r["judged_by_temperature"].items()},
+            "best_temperature": r["temperature"],
+            "judged": round(r["judged"], 4),
+            "frechet_distance": round(r["fd"], 2),
+        }
+        print(name, json.dumps({k: v for k, v in rows[name].items() if k not in ("curve", "remedy")}), flush=True)
+        keep = torch.cat([torch.arange(min(4, args.samples_per_class)) + c * args.samples_per_class for c in range(10)])
+        grids.append(make_grid(r["samples"][keep], nrow=min(4, args.samples_per_class), padding=1, pad_value=1.0))
+    png = args.out.with_name(f"{args.out.stem}_remedy_samples.png")
+    save_image(torch.stack(grids), png, nrow=len(grids), padding=4, pad_value=1.0)
+    record = {
+        **source,
+        "wall_seconds": round(time.time() - began, 1),
+        "model": asdict(model_config),
+        "train": {**asdict(optim), "batch_size": batch_size},
+        "judge_accuracy_on_real_test_images": round(real, 4),
+        "frechet_distance_real_vs_real": round(frechet_distance(judge, real_ref, test_images[:n].float() / 255), 2),
+        "samples_png": png.name,
+        "remedies": rows,
+    }
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out} and {png}")
+    print("| remedy | bits/dim | active groups | KL per group (nats) | I(x; z | y) | judged (T) | FD |")
+    for name, r in rows.items():
+        kl = ", ".join(f"{k:.0f}" for k in r["kl_groups_nats"])
+        print(
+            f"| {name} | {r['bits_per_dim']:.3f} | {r['active_groups']} of {r['groups']} | {kl} | "
+            f"{r['mutual_information_nats']:.2f} | {r['judged']:.1%} ({r['best_temperature']}) | "
+            f"{r['frechet_distance']:.1f} |"
+        )
+    return record
 
 
 if __name__ == "__main__":

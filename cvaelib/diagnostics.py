@@ -107,8 +107,9 @@ def compare(
 ) -> dict:
     """One row of chapter 4's remedy table: the bound, the diagnosis and the judged samples.
 
-    ``real_images`` (float, [0, 1]) are the reference for the Fréchet distance. Samples are drawn at
-    every temperature and judged; the row reports the best one's. Returns bits/dim (None for a density
+    ``real_images`` (float, [0, 1]) are the reference for the Fréchet distance. Samples (the decoder's
+    mean image for z drawn from the prior, as the chapters show them) are drawn at every temperature and
+    judged; the row reports the best one's. Returns bits/dim (None for a density
     likelihood), active units and groups, total and per-group KL, I(x; z | y), decoder sensitivity,
     verdict, judged accuracy per temperature, the best temperature and its judged accuracy, Fréchet
     distance and samples (10 * samples_per_class), and the whole ``diagnose`` report (on the first
@@ -121,7 +122,7 @@ def compare(
     drawn = {}
     for t in temperatures:
         seed_everything(seed)
-        samples = model.sample(labels.to(device), temperature=t).cpu()
+        samples = model.sample(labels.to(device), temperature=t, mean=True).cpu()
         drawn[t] = (judge_samples(judge, samples, labels)["accuracy"], samples)
     best = max(drawn, key=lambda t: drawn[t][0])
     return dict(

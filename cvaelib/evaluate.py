@@ -184,9 +184,12 @@ def mutual_information(
     # float64, so that z - mu keeps its digits when the posterior is narrow (an autoencoder's std can be < 1e-6),
     # and the same variance floor as gaussian_log_prob below, or a tiny variance would count in one term only.
     mu, logvar = mu.double(), logvar.double().clamp(min=MIN_LOGVAR)
-    # E_q(z|x) log q(z|x) = -0.5 * D * log(2 pi) - 0.5 * sum(1 + logvar): the negative entropy
-    neg_entropy = (-0.5 * d * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
-    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # one z per x, (N, D)
+    eps = torch.randn_like(mu)
+    z = mu + torch.exp(0.5 * logvar) * eps  # one z per x, (N, D)
+    # log q(z_i | x_i) at the same samples as the mixture below, from the noise: its expectation is the negative
+    # entropy, and its noise (of order sqrt(D / 2) nats per sample) cancels against the mixture's own term i,
+    # so that identical posteriors give exactly 0 even for a group of thousands of dimensions.
+    neg_entropy = (-0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)).mean()
     log_qz = []
     for zc in z.split(chunk):
         # log q(z_i | x_j) for every i in the chunk and every j: (chunk, N)

@@ -41,13 +41,13 @@ def reconstructions(x, x_hat, n=10):
     return fig
 
 
-def class_samples(images, class_names, n_per_class, title="Samples per class"):
-    """Samples laid out as classes x samples; ``images`` ordered class by class."""
+def class_samples(images, class_names, n_per_class, title="Samples per class", xlabel="samples z ~ p(z|y)"):
+    """Images laid out as classes x images; ``images`` ordered class by class (``xlabel=""`` for real ones)."""
     fig, ax = plt.subplots(figsize=(n_per_class * 0.6 + 1.5, len(class_names) * 0.6 + 0.5))
     _show(ax, images, nrow=n_per_class)
     side = images.shape[-2] + 2
     ax.set_yticks(side * (np.arange(len(class_names)) + 0.5), class_names)
-    ax.set_xlabel("samples z ~ p(z|y)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     return fig
 

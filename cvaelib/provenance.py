@@ -1,6 +1,7 @@
 """Where a recorded figure comes from: commit, date, device, wall time and settings (``results/``)."""
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -11,6 +12,7 @@ import torch
 from .profile import profile
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"  # the recorded runs the chapters read
 
 
 def _commit() -> str:
@@ -48,3 +50,20 @@ def provenance(wall_seconds: float, settings: dict, **extra) -> dict:
         "settings": settings,
         **extra,
     }
+
+
+def read_results(name: str) -> dict:
+    """A recorded run, ``results/<name>.json``, as a dict (chapters read their measured figures from it)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no recorded run {path}; results/README.md gives the command that makes it")
+    return json.loads(path.read_text())
+
+
+def source_line(record: dict) -> str:
+    """Where a recorded run comes from, in one line for a chapter: device, date, commit, profile, wall time."""
+    minutes = record["wall_seconds"] / 60
+    return (
+        f"recorded run: {record['device']}, {record['date']}, commit {record['commit']}, "
+        f"profile {record['profile']}, {minutes:.0f} minutes of wall time"
+    )

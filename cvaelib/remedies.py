@@ -202,26 +202,18 @@ class RemedyLoss:
         return parts
 
 
-def chapter_settings(
-    num_epochs: int, collapse_beta: float = 300.0, free_bits: float = 0.5, group_sizes: tuple[int, int] = (16, 48)
-) -> dict:
-    """Likelihood and ``RemedyLoss`` arguments of every model compared in chapter 4.
+def chapter_settings(warmup: float = 0.25, free_bits: float = 4.0, kl_balance: float = 0.8) -> dict:
+    """``RemedyConfig`` arguments of every remedy chapter 4 compares on its hierarchical CVAE.
 
-    Warm-ups last the first third of ``num_epochs``; cyclical annealing runs its cycles over
-    all of them. ``collapse`` forces posterior collapse with a huge KL weight.
+    ``none`` is the full KL from the first step; the warm-ups last ``warmup`` epochs; ``free_bits`` are
+    nats per latent group; ``group_balance`` is NVAE's balancing of the groups during the same warm-up;
+    ``kl_balance`` DreamerV2's alpha, at full KL from the first step; ``beta_1e-5`` the tutorials' recipe.
     """
-    warmup = num_epochs / 3
     return {
-        "constant": dict(likelihood="logistic", loss=dict(beta=1.0)),
-        "collapse": dict(likelihood="logistic", loss=dict(beta=collapse_beta)),
-        "linear": dict(likelihood="logistic", loss=dict(schedule="linear", warmup=warmup)),
-        "cyclical": dict(likelihood="logistic", loss=dict(schedule="cyclical", warmup=num_epochs)),
-        "free_bits": dict(likelihood="logistic", loss=dict(free_bits=free_bits)),
-        "sigma_vae": dict(likelihood="gaussian", loss=dict(sigma="optimal")),
-        "kl_balance": dict(likelihood="logistic", loss=dict(kl_balance=0.8)),
-        "group_balance": dict(
-            likelihood="logistic",
-            loss=dict(group_sizes=tuple(group_sizes), group_balance=True, schedule="linear", warmup=warmup),
-        ),
-        "beta_1e-5": dict(likelihood="logistic", loss=dict(beta=1e-5)),
+        "none": {},
+        "warmup": dict(schedule="linear", warmup=warmup),
+        "free_bits": dict(free_bits=free_bits),
+        "group_balance": dict(schedule="linear", warmup=warmup, group_balance=True),
+        "kl_balance": dict(kl_balance=kl_balance),
+        "beta_1e-5": dict(beta=1e-5),
     }

@@ -1,6 +1,8 @@
 """Benchmarks are not timed here: each runs once on a tiny configuration so it cannot rot."""
 
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -62,37 +64,6 @@ def test_throughput_runs(data_root, capsys):
     assert "x usual" in out and "time to quality" in out
 
 
-def test_remedy_table_runs(data_root, tmp_path, capsys):
-    rows = _load("remedy_table").main(
-        [
-            "--per-class",
-            "4",
-            "--epochs",
-            "1",
-            "--latent-dim",
-            "8",
-            "--batch-size",
-            "20",
-            "--test-per-class",
-            "3",
-            "--judge-per-class",
-            "5",
-            "--judge-epochs",
-            "1",
-            "--samples-per-class",
-            "2",
-            "--only",
-            "constant",
-            "collapse",
-            "--runs",
-            str(tmp_path),
-        ]
-    )
-    assert set(rows) == {"real test images", "constant", "collapse"}
-    assert rows["constant"]["samples"].shape == (20, 3, 32, 32) and (tmp_path / "samples.png").exists()
-    assert "| collapse |" in capsys.readouterr().out
-
-
 def test_time_to_quality_runs(data_root, capsys):
     results = _load("time_to_quality").main(
         [
@@ -115,3 +86,72 @@ def test_time_to_quality_runs(data_root, capsys):
     assert len(r["default"]) == len(r["peer"]) == 1 and all(0 <= acc <= 1 for _, acc in r["default"] + r["peer"])
     assert r["peer_to_peer_final"] == r["peer"][0][0]  # the peer reaches its own final accuracy at its last epoch
     assert "time to the peer's final" in capsys.readouterr().out
+
+
+def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
+    args = [
+        "--minutes",
+        "0.02",
+        "--eval-every",
+        "0.01",
+        "--test-images",
+        "50",
+        "--judge-epochs",
+        "1",
+        "--judge-per-class",
+        "20",
+        "--per-class",
+        "3",
+        "--size",
+        "tiny",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "race.json"),
+    ]
+    module = _load("hierarchical_vs_single")
+    module.main(args)
+    record = json.loads((tmp_path / "race.json").read_text())
+    assert {"commit", "date", "device", "wall_seconds", "settings", "data"} <= set(record)
+    for name in ("single_latent", "hierarchical"):
+        model = record["models"][name]
+        assert model["curve"] and all(math.isfinite(p["test_bits_per_dim"]) for p in model["curve"])
+        assert (tmp_path / model["judged"]["samples_png"]).exists()
+    assert len(record["models"]["hierarchical"]["curve"][0]["test_kl_groups_nats"]) == 3  # tiny: 3 groups
+    module.main(args)  # the budget is spent: the second run loads the checkpoints and trains no more
+    again = json.loads((tmp_path / "race.json").read_text())
+    assert again["models"]["hierarchical"]["curve"] == record["models"]["hierarchical"]["curve"]
+
+
+def test_remedy_table_runs(data_root, tmp_path):
+    record = _load("remedy_table").main(
+        [
+            "--per-class",
+            "2",
+            "--epochs",
+            "1",
+            "--eval-every",
+            "0.01",
+            "--test-images",
+            "50",
+            "--stats-images",
+            "50",
+            "--judge-epochs",
+            "1",
+            "--judge-per-class",
+            "20",
+            "--samples-per-class",
+            "3",
+            "--size",
+            "tiny",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "table.json"),
+        ]
+    )
+    assert list(record["remedies"]) == ["none", "warmup", "free_bits", "group_balance", "kl_balance", "beta_1e-5"]
+    for row in record["remedies"].values():
+        assert row["groups"] == 3 and len(row["kl_groups_nats"]) == 3 and 0 <= row["judged"] <= 1
+        assert math.isfinite(row["bits_per_dim"]) and row["best_temperature"] in (0.6, 0.8, 1.0)
+    assert (tmp_path / record["samples_png"]).exists()

@@ -196,3 +196,178 @@ def test_one_adam_step_keeps_everything_finite():
         losses.append(loss.item())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert losses[1] < losses[0]  # nats per image; the same batch, so one step helps
+
+
+def test_log_weight_is_log_p_x_z_minus_log_q_by_torch_distributions():
+    from torch.distributions import Normal
+
+    from cvaelib.losses import log_weight
+
+    model = tiny()
+    x, y = batch()
+    out = model(x, y)
+    expected = out["log_px"].clone()
+    for g in out["groups"]:
+        z = g.mu + (0.5 * g.logvar).exp() * g.eps
+        expected += Normal(g.prior_mu, (0.5 * g.prior_logvar).exp()).log_prob(z).sum(1)
+        expected -= Normal(g.mu, (0.5 * g.logvar).exp()).log_prob(z).sum(1)
+    torch.testing.assert_close(log_weight(out), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_elbo_remedies_and_report_agree_on_the_kl_of_each_group():
+    from cvaelib.evaluate import report
+    from cvaelib.losses import elbo
+    from cvaelib.remedies import RemedyLoss
+
+    model = tiny().eval()
+    x, y = batch(4)
+    torch.manual_seed(5)
+    parts = elbo(model, x, y)
+    torch.manual_seed(5)
+    remedy = RemedyLoss()(model, x, y)
+    assert parts["kl_groups"].shape == (3,)
+    torch.testing.assert_close(torch.stack([remedy[f"kl_g{g}"] for g in range(3)]), parts["kl_groups"])
+    torch.testing.assert_close(parts["kl_groups"].sum(), parts["kl"])
+    torch.manual_seed(5)
+    figures = report(model, [(x, y)], k=3, progress=False)
+    assert [f["dims"] for f in figures["groups"]] == [c * h * w for c, h, w in model.group_shapes]
+    torch.testing.assert_close(torch.tensor([f["kl_nats"] for f in figures["groups"]]), parts["kl_groups"])
+    assert figures["iwae_nats"] < figures["negative_elbo_nats"] + 1.0 and figures["bits_per_dim"] > 0
+
+
+def test_free_bits_and_group_balance_act_on_the_hierarchy_s_groups():
+    from cvaelib.remedies import RemedyConfig, RemedyLoss
+
+    model = tiny()
+    x, y = batch(4)
+    torch.manual_seed(6)
+    plain = RemedyLoss()(model, x, y)
+    kl_groups = torch.stack([plain[f"kl_g{g}"] for g in range(3)])
+    torch.manual_seed(6)
+    floored = RemedyLoss(RemedyConfig(free_bits=1e4))(model, x, y)  # every group below the threshold
+    torch.testing.assert_close(floored["loss"], plain["recon"] + 3 * 1e4)
+    torch.manual_seed(6)
+    balanced = RemedyLoss(RemedyConfig(group_balance=True, schedule="linear", warmup=1.0), steps_per_epoch=10)
+    parts = balanced(model, x, y)  # beta = 0 at the first step: only the reconstruction counts
+    torch.testing.assert_close(parts["loss"], plain["recon"])
+    assert kl_groups.shape == (3,)
+
+
+def test_diagnose_reports_every_group_and_which_are_switched_off():
+    from cvaelib.diagnostics import diagnose
+
+    model = tiny().eval()
+    x, y = batch(40)
+    d = diagnose(model, [(x[:20], y[:20]), (x[20:], y[20:])])
+    assert len(d["groups"]) == 3 and 0 <= d["active_groups"] <= 3
+    assert d["active_units"] == sum(g["active_units"] for g in d["groups"])
+    assert abs(d["total_kl"] - sum(g["kl_nats"] for g in d["groups"])) < 1e-3
+    off = HierarchicalCVAE(size="tiny").eval()  # untrained: every posterior equals its prior (no offset learned)
+    with torch.no_grad():
+        for level in off.groups:
+            for group in level:
+                torch.nn.init.zeros_(group.posterior.net[-1].weight)
+                torch.nn.init.zeros_(group.posterior.net[-1].bias)
+    d = diagnose(off, [(x, y)])
+    assert d["active_groups"] == 0 and d["total_kl"] < 1e-6 and d["collapsed"]
+    assert all(abs(g["mutual_information_nats"]) < 1e-6 for g in d["groups"])
+
+
+def test_a_non_finite_gradient_is_skipped_and_counted_and_training_goes_on():
+    from cvaelib.losses import elbo
+    from cvaelib.train import TrainConfig, fit
+
+    model = tiny()
+    x, y = batch(8)
+    calls = []
+
+    def poisoned(model, x, y):  # a finite loss whose gradient is NaN at the second step
+        parts = elbo(model, x, y)
+        calls.append(1)
+        if len(calls) == 2:
+            w = next(model.parameters())
+            parts["loss"] = parts["loss"] + (w.sum() - w.sum().detach()).abs().sqrt()
+        return parts
+
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])] * 2
+    history = fit(model, poisoned, batches, 1, device="cpu", progress=False, config=TrainConfig(skip_grad_norm=1e9))
+    assert history[0]["skipped_updates"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_command_line_trains_resumes_samples_at_a_temperature_and_evaluates_per_group(data_root, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from cvaelib import load_checkpoint
+    from cvaelib.cli import main
+
+    ckpt = tmp_path / "h.pt"
+    args = [
+        "train",
+        "--dataset",
+        "cifar10",
+        "--arch",
+        "hierarchical",
+        "--size",
+        "tiny",
+        "--subset",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--data-root",
+        data_root,
+    ]
+    main(args + ["--epochs", "1"])
+    first = load_checkpoint(ckpt)
+    assert isinstance(first, HierarchicalCVAE) and first.meta["epoch"] == 1
+    assert first.meta["remedies"]["schedule"] == "linear" and first.meta["train"]["skip_grad_norm"] == 2e6
+    main(args + ["--epochs", "2"])  # resumes from epoch 1
+    figures = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
+    assert figures["epochs"] == 2 and len(figures["test_kl_groups_nats"]) == 3 and figures["skipped_updates"] >= 0
+    assert load_checkpoint(ckpt).meta["history"][0] == first.meta["history"][0]
+    for temperature in ("0", "0.7"):
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(ckpt),
+                "--n-per-class",
+                "2",
+                "--temperature",
+                temperature,
+                "--out",
+                str(tmp_path / f"s{temperature}.npz"),
+            ]
+        )
+        images = np.load(tmp_path / f"s{temperature}.npz")["images"]
+        assert images.shape == (20, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    main(["evaluate", "--checkpoint", str(ckpt), "--k", "2", "--n", "20", "--data-root", data_root])
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert len(report["groups"]) == 3 and all(g["kl_nats"] >= 0 for g in report["groups"])
+    assert report["bits_per_dim"] > 0 and report["iwae_k"] == 2
+
+
+def test_command_line_refuses_options_of_the_other_architectures(data_root, tmp_path, capsys):
+    from cvaelib.cli import main
+
+    base = ["train", "--dataset", "cifar10", "--out", str(tmp_path / "x.pt"), "--data-root", data_root]
+    for extra, message in [
+        (["--arch", "hierarchical", "--latent-dim", "8"], "--latent-dim is not an option of --arch hierarchical"),
+        (["--arch", "hierarchical", "--group-sizes", "4", "4"], "--group-sizes is not an option"),
+        (["--size", "tiny"], "--size needs --arch hierarchical"),
+        (["--arch", "hierarchical", "--num-mixtures", "3", "--likelihood", "logistic"], "--num-mixtures needs"),
+        (["--group-balance"], "--group-balance needs --group-sizes"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(base + extra)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", "x.pt", "--out", "s.npz", "--temperature", "-1"])
+    assert "--temperature: must be a non-negative number" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
     batches = data.Batches(train_images, train_labels, batch_size, seed=0)
     checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
     fresh = {"seconds": 0.0, "curve": [], "done": False}
-    state = json.loads(log.read_text()) if log.exists() and checkpoint.exists() else fresh
+    state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
     meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
     loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
 

@@ -386,7 +386,10 @@ def fit(
         if hasattr(train_batches, "set_epoch"):  # seeded shuffling
             train_batches.set_epoch(epoch)
         if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
-            loss_fn.set_epoch(epoch, done) if done else loss_fn.set_epoch(epoch)
+            if done:
+                loss_fn.set_epoch(epoch, done)
+            else:
+                loss_fn.set_epoch(epoch)
         if world > 1:  # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
             torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
         model.train()
@@ -394,6 +397,8 @@ def fit(
         if done:
             totals.restore(partial)
             skipped = partial["skipped"]
+            if rank:  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
+                totals.totals, totals.n = torch.zeros_like(totals.totals), 0
         bar = tqdm(
             itertools.islice(train_batches, done, None),
             total=len(train_batches),

@@ -46,6 +46,15 @@ def contenders(size: str = "small") -> dict:
     }
 
 
+def start_record(args, profile: str) -> dict:
+    """Make the output folders; the provenance of a run, taken before any work (the commit it starts from)."""
+    args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
+    data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
+    return provenance(0.0, settings, profile=profile, data=data_note)
+
+
 # A size preset's values, left to be filled from the preset (``HierarchicalConfig``).
 UNSET = dict(widths=None, latent_channels=None, groups_per_resolution=None, blocks_per_resolution=None)
 
@@ -154,12 +163,7 @@ def main(argv=None):
     p.add_argument("--runs", type=Path, default=Path("runs/hierarchical_vs_single"))
     p.add_argument("--out", type=Path, default=Path("results/benchmark_hierarchical_vs_single.json"))
     args = p.parse_args(argv)
-    args.runs.mkdir(parents=True, exist_ok=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    began = time.time()
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
-    data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
-    source = provenance(0.0, settings, profile="benchmark", data=data_note)  # the commit the run starts from
+    began, source = time.time(), start_record(args, "benchmark")
 
     train_images, train_labels = data.load("cifar10", "train")
     test_images, test_labels = data.load("cifar10", "test")

@@ -24,13 +24,12 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script or loaded by the tests
-from hierarchical_vs_single import UNSET, load_or_train_judge, race  # noqa: E402
+from hierarchical_vs_single import UNSET, load_or_train_judge, race, start_record  # noqa: E402
 
 from cvaelib import data  # noqa: E402
 from cvaelib.cli import default_settings  # noqa: E402
 from cvaelib.diagnostics import compare  # noqa: E402
 from cvaelib.judge import classifier_accuracy, frechet_distance  # noqa: E402
-from cvaelib.provenance import provenance  # noqa: E402
 from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
 
 
@@ -53,12 +52,7 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", type=Path, default=Path("runs/remedy_table"))
     p.add_argument("--out", type=Path, default=Path("results/04_cvae_cifar10.json"))
     args = p.parse_args(argv)
-    args.runs.mkdir(parents=True, exist_ok=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    began = time.time()
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
-    data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
-    source = provenance(0.0, settings, profile="cpu-budget", data=data_note)  # the commit the run starts from
+    began, source = time.time(), start_record(args, "cpu-budget")
 
     all_images, all_labels = data.load("cifar10", "train")
     train_images, train_labels = data.stratified_subset(all_images, all_labels, args.per_class)

@@ -245,18 +245,6 @@ def gaussian_log_prob(z, mu, logvar):
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
-def sample_with_log_prob(mu, logvar, num_samples=None):
-    """z ~ N(mu, exp(logvar)) by reparameterization, and log q(z) at it (IWAE, chapter 5).
-
-    (B, D) -> z (B, D), log q (B,); with ``num_samples`` S, (S, B, D) and (S, B). log q comes
-    from the noise, -0.5 * sum(log 2 pi + logvar + eps^2): exact at any variance, where
-    ``gaussian_log_prob(z, mu, logvar)`` would rebuild z - mu, whose float32 digits are lost
-    when sigma is below mu's rounding (an autoencoder's posterior), and would floor logvar.
-    """
-    eps = torch.randn(mu.shape if num_samples is None else (num_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
-    return mu + torch.exp(0.5 * logvar) * eps, -0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)
-
-
 def bits_per_dim(nats_per_image, num_dims):
     """Convert nats per image to bits per dimension (chapter 4)."""
     return nats_per_image / (num_dims * math.log(2))
@@ -284,7 +272,9 @@ def log_weight(out: dict) -> torch.Tensor:
     """log p(x, z | y) - log q(z | x, y) at the sampled z of a forward pass: (B,) (IWAE, chapters 1, 4, 5).
 
     Every model's forward returns ``log_px`` (B,) and its ``groups`` (``GroupStats``); log q comes from
-    the noise, -0.5 * sum(log 2 pi + logvar + eps^2), exact at any variance (see ``sample_with_log_prob``).
+    the noise, -0.5 * sum(log 2 pi + logvar + eps^2): exact at any variance, where ``gaussian_log_prob(z, mu,
+    logvar)`` would rebuild z - mu, whose float32 digits are lost when sigma is below mu's rounding (an
+    autoencoder's posterior), and would floor logvar.
     """
     total = out["log_px"]
     for g in out["groups"]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import LIKELIHOODS, GroupStats, make_likelihood
-from .models import check_temperature, sample_labels
+from .models import decoded_images, sample_request
 
 # Presets; any value can be overridden by the constructor argument of the same name.
 # "tiny" exists for the tests; "small" trains on a CPU; "full" wants a GPU.
@@ -322,18 +322,6 @@ class HierarchicalCVAE(nn.Module):
         temperature 0), else its mean; ``mean=True`` always returns the mean x_hat, so that at
         temperature 0 the image is a deterministic function of the label.
         """
-        device = self.h0.device
-        check_temperature(temperature)
-        if self.num_classes:
-            if labels is None:
-                raise ValueError("a conditional model samples per label: pass labels, e.g. torch.arange(10)")
-            labels = sample_labels(labels, self.num_classes, device)
-            num_samples = len(labels)
-        elif labels is not None:
-            raise ValueError("this is an unconditional model (num_classes=0): pass num_samples, not labels")
-        elif not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"an unconditional model needs num_samples, a positive integer, got {num_samples!r}")
+        labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, self.h0.device)
         params, _ = self._top_down(labels, num_samples, temperature=temperature)
-        if mean or not hasattr(self.likelihood, "sample"):
-            return self.likelihood.mean(params)
-        return self.likelihood.sample(params)
+        return decoded_images(self.likelihood, params, mean)

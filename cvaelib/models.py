@@ -128,6 +128,31 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be a non-negative number, got {temperature!r}")
 
 
+def sample_request(num_classes: int, labels, num_samples, temperature: float, device) -> tuple:
+    """What a model is asked to sample, checked: (labels on ``device``, or None, and how many images).
+
+    A conditional model takes ``labels``, an unconditional one ``num_samples``; every model's ``sample`` calls this.
+    """
+    check_temperature(temperature)
+    if num_classes:
+        if labels is None:
+            raise ValueError("a conditional model samples per label: pass labels, e.g. torch.arange(10)")
+        labels = sample_labels(labels, num_classes, device)
+        return labels, len(labels)
+    if labels is not None or num_samples is None:
+        raise ValueError("an unconditional model (num_classes=0) has no labels: pass num_samples")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    return None, num_samples
+
+
+def decoded_images(likelihood, params: torch.Tensor, mean: bool) -> torch.Tensor:
+    """The images of a sample: drawn from the likelihood when it has a ``sample``, else (or with ``mean``) its mean."""
+    if mean or not hasattr(likelihood, "sample"):
+        return likelihood.mean(params)
+    return likelihood.sample(params)
+
+
 def sample_labels(labels, num_classes: int, device) -> torch.Tensor:
     """The labels a model is asked to sample, checked (a 1-d tensor of ints in range) and on ``device``."""
     labels = torch.as_tensor(labels)
@@ -315,24 +340,12 @@ class CVAE(nn.Module):
         when it has a ``sample`` (the logistic mixture), else its mean; ``mean=True`` always gives the mean.
         """
         device = next(self.parameters()).device
-        check_temperature(temperature)
-        if self.num_classes:
-            if labels is None:
-                raise ValueError("a CVAE samples per label: pass labels, e.g. torch.arange(10)")
-            labels = sample_labels(labels, self.num_classes, device)
-            num_samples = len(labels)
-        elif num_samples is None:
-            raise ValueError("a VAE has no labels: pass num_samples")
-        elif not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, device)
         z = temperature * torch.randn(num_samples, self.latent_dim, device=device)
         prior_mu, prior_logvar = self.prior(labels)
         if prior_mu is not None:
             z = prior_mu + torch.exp(0.5 * prior_logvar) * z
-        params = self.decode_params(z, labels)
-        if mean or not hasattr(self.likelihood, "sample"):
-            return self.likelihood.mean(params)
-        return self.likelihood.sample(params)
+        return decoded_images(self.likelihood, self.decode_params(z, labels), mean)
 
 
 def VAE(**kwargs) -> CVAE:

@@ -13,6 +13,9 @@ from .profile import profile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"  # the recorded runs the chapters read
+RECORD_VAR = (
+    "CVAELIB_RECORD"  # a folder: a chapter run with it set writes its figures there (benchmarks/record_chapter.py)
+)
 
 
 def _commit() -> str:
@@ -52,12 +55,53 @@ def provenance(wall_seconds: float, settings: dict, **extra) -> dict:
     }
 
 
-def read_results(name: str) -> dict:
-    """A recorded run, ``results/<name>.json``, as a dict (chapters read their measured figures from it)."""
+def read_results(name: str, missing_ok: bool = False) -> dict | None:
+    """A recorded run, ``results/<name>.json``, as a dict (chapters read their measured figures from it).
+
+    With ``missing_ok``, None when there is none yet (a chapter being recorded for the first time).
+    """
     path = RESULTS / f"{name}.json"
     if not path.exists():
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"no recorded run {path}; results/README.md gives the command that makes it")
     return json.loads(path.read_text())
+
+
+def as_json(value):
+    """``value`` as JSON would give it back: tuples become lists, tensors numbers or lists, floats 6 significant digits."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(v) for v in value]
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
+
+
+def record_chapter(
+    name: str, figures: dict, settings: dict, wall_seconds: float, images: dict | None = None
+) -> Path | None:
+    """Write a chapter's measured figures with their provenance to ``$CVAELIB_RECORD/<name>.json``.
+
+    ``images`` maps a key to a matplotlib figure, saved small beside it as ``<name>_<key>.png``.
+    Does nothing unless $CVAELIB_RECORD names a folder, so that running a chapter never overwrites
+    the recorded run by accident; ``benchmarks/record_chapter.py`` sets it.
+    """
+    folder = os.environ.get(RECORD_VAR, "").strip()
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    for key, fig in (images or {}).items():
+        saved[key] = f"{name}_{key}.png"
+        fig.savefig(path.parent / saved[key], dpi=60, bbox_inches="tight")
+    record = provenance(wall_seconds, as_json(settings), figures=as_json(figures), images=saved)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def source_line(record: dict) -> str:

@@ -13,9 +13,8 @@ from .profile import profile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"  # the recorded runs the chapters read
-RECORD_VAR = (
-    "CVAELIB_RECORD"  # a folder: a chapter run with it set writes its figures there (benchmarks/record_chapter.py)
-)
+# A folder: a chapter run with it set writes its figures there (benchmarks/record_chapter.py).
+RECORD_VAR = "CVAELIB_RECORD"
 
 
 def _commit() -> str:
@@ -69,7 +68,7 @@ def read_results(name: str, missing_ok: bool = False) -> dict | None:
 
 
 def as_json(value):
-    """``value`` as JSON would give it back: tuples become lists, tensors numbers or lists, floats 6 significant digits."""
+    """``value`` as JSON gives it back: tuples become lists, tensors numbers or lists, floats 6 significant digits."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, dict):

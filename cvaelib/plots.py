@@ -74,21 +74,30 @@ def _latent_grid(n, span):
 
 @torch.no_grad()
 def manifold(model, n=15, span=2.0, label=None, ax=None):
-    """Decode an n x n grid of z over [-span, span]^2 (2-D latent); for one label of a CVAE."""
+    """Decode an n x n grid of z over [-span, span]^2 (2-D latent); for one label of a CVAE.
+
+    Under a learned prior p(z|y) = N(mu_y, sigma_y^2) the grid is laid over that prior, in its
+    standard deviations from its mean (z = mu_y + sigma_y * grid), where the label's images are.
+    """
     if model.latent_dim != 2:
         raise ValueError(f"a manifold grid needs a 2-D latent, this model has latent_dim={model.latent_dim}")
     device = next(model.parameters()).device
-    z, values = _latent_grid(n, span)
+    z, values = _latent_grid(n, span)  # (n*n, 2)
+    z = z.to(device)
     y = None if label is None else torch.full((len(z),), label, device=device)
-    images = model.decode(z.to(device), y)
+    prior_mu, prior_logvar = model.prior(y) if y is not None else (None, None)
+    if prior_mu is not None:
+        z = prior_mu + torch.exp(0.5 * prior_logvar) * z
+    images = model.decode(z, y)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 6))
     _show(ax, images, nrow=n)
     side = images.shape[-1] + 2
     ticks = [0, n // 2, n - 1]
     ax.set_xticks([side * (i + 0.5) for i in ticks], [f"{values[i]:.1f}" for i in ticks])
     ax.set_yticks([side * (i + 0.5) for i in ticks], [f"{values.flip(0)[i]:.1f}" for i in ticks])
-    ax.set_xlabel("$z_1$")
-    ax.set_ylabel("$z_2$")
+    unit = "" if prior_mu is None else r" ($\sigma_y$ from $\mu_y$)"
+    ax.set_xlabel("$z_1$" + unit)
+    ax.set_ylabel("$z_2$" + unit)
     ax.set_title("Decoded latent grid" if label is None else f"Decoded latent grid, label {label}")
     return fig
 
@@ -106,7 +115,9 @@ def manifold_per_class(model, class_names, n=9, span=2.0):
             ax.set_ylabel("")
         else:
             ax.axis("off")
-    fig.suptitle(f"Decoded grids over $[-{span:g}, {span:g}]^2$, one per class")
+    learned = model.prior(torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device))[0] is not None
+    where = " in each class's prior standard deviations from its mean" if learned else ""
+    fig.suptitle(f"Decoded grids over $[-{span:g}, {span:g}]^2${where}, one per class")
     fig.tight_layout()
     return fig
 

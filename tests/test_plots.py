@@ -1,3 +1,5 @@
+import math
+
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -41,6 +43,21 @@ def test_manifolds():
     assert [ax.get_title() for ax in fig.axes] == NAMES
     with pytest.raises(ValueError, match="needs a 2-D latent"):
         plots.manifold(VAE(latent_dim=3))
+
+
+def test_a_manifold_under_a_learned_prior_lies_over_that_prior(monkeypatch):
+    model = CVAE(latent_dim=2, prior="learned")
+    with torch.no_grad():
+        model.prior_params.weight[3] = torch.tensor([3.0, -3.0, math.log(0.25), math.log(0.25)])
+    decoded = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda z, y: decoded.append(z) or decode(z, y))
+    plots.manifold(model, n=3, span=2.0, label=3)
+    plots.manifold(model, n=3, span=2.0, label=0)  # this class's prior is still N(0, I)
+    grid = torch.tensor([-2.0, 0.0, 2.0])
+    assert torch.allclose(decoded[0][:, 0].unique(), 3.0 + 0.5 * grid)
+    assert torch.allclose(decoded[0][:, 1].unique(), -3.0 + 0.5 * grid)
+    assert torch.allclose(decoded[1][:, 0].unique(), grid)
 
 
 def test_interpolation_and_traversal():

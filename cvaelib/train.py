@@ -380,6 +380,10 @@ def fit(
             again = f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""
             tqdm.write(f"stopped after {max_minutes:g} minutes, {where} of {num_epochs}{again}")
 
+    # One bar for the whole training, kept when done: a notebook page shows how the run went, and a
+    # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
+    steps_done = start * len(train_batches) + (partial["steps"] if partial is not None else 0)
+    bar = tqdm(total=num_epochs * len(train_batches), initial=steps_done, disable=not progress, unit="step")
     for epoch in range(start, num_epochs):
         # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
         done = partial["steps"] if partial is not None and epoch == start else 0
@@ -399,22 +403,16 @@ def fit(
             skipped = partial["skipped"]
             if rank:  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
                 totals.totals, totals.n = torch.zeros_like(totals.totals), 0
-        bar = tqdm(
-            itertools.islice(train_batches, done, None),
-            total=len(train_batches),
-            initial=done,
-            desc=f"epoch {epoch + 1}/{num_epochs}",
-            disable=not progress,
-            leave=False,
-        )
+        bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
         stopped = False
-        for x, y in bar:
+        for x, y in itertools.islice(train_batches, done, None):
             x, y = to_device(x, y)
             parts = losses(x, y)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             skipped += step_update()
             totals.add(parts, model, len(x))
+            bar.update()
             if len(totals.pending) == speed.sync_every:
                 totals.flush()
                 bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
@@ -440,4 +438,5 @@ def fit(
         if epoch + 1 < num_epochs and out_of_time():
             stopped_after(f"at the end of epoch {epoch + 1}")
             break
+    bar.close()
     return history

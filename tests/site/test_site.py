@@ -2,7 +2,7 @@
 
 For each page of ``_toc.yml`` it checks that the page loads with no console error and no
 request leaving the machine (MathJax and the widget manager come from the site itself),
-that its figures are present and decoded, that its math is typeset by MathJax, that saved
+that its figures are present and decoded and none is shown twice, that its math is typeset by MathJax, that saved
 widgets render, and that every internal link resolves (page and anchor). It saves a
 screenshot of each page in ``_build/screenshots/``.
 
@@ -18,6 +18,7 @@ the book built in another folder (its ``_toc.yml`` and ``_build/html``).
 
 import base64
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -179,6 +180,27 @@ def _expected_figures(page):
     return images, lost
 
 
+def _repeated_images(browser, server):
+    """Images of the page's article whose bytes appear more than once: {first src: count}."""
+    sources = browser.execute_script("return Array.from(document.querySelectorAll('article img')).map(img => img.src)")
+    seen = {}
+    for src in sources:
+        parts = urlsplit(src)
+        if parts.scheme == "data":
+            content = base64.b64decode(src.split(",", 1)[1]) if ";base64," in src else src.encode()
+        elif src.startswith(server):
+            path = SITE / unquote(parts.path[len(urlsplit(server).path) :])
+            if not path.is_file():
+                continue  # reported as broken elsewhere
+            content = path.read_bytes()
+        else:
+            continue
+        digest = hashlib.sha256(content).hexdigest()
+        first, count = seen.get(digest, (src, 0))
+        seen[digest] = (first, count + 1)
+    return {first: count for first, count in seen.values() if count > 1}
+
+
 @functools.lru_cache(maxsize=None)
 def _ids(html_file):
     text = Path(html_file).read_text(errors="replace")
@@ -224,6 +246,11 @@ def test_page_in_the_browser(page, server, browser):
     broken = [src for src, width, height in images if not (width and height)]
     if broken:
         problems.append(f"images that did not render: {broken}")
+    repeated = _repeated_images(browser, server)
+    if repeated:
+        problems.append(
+            f"the same image shown more than once (a cell ending on a bare figure is drawn twice): {repeated}"
+        )
     expected, lost = _expected_figures(page)
     if lost:
         problems.append(

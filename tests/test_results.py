@@ -1,18 +1,51 @@
 """The recorded runs in results/: every file names its provenance and was made with the settings it names."""
 
+import ast
 import json
 from dataclasses import asdict
 
+import jupytext
 import pytest
 
-from cvaelib.provenance import RESULTS, provenance, read_results, source_line
+from cvaelib.provenance import RESULTS, as_json, provenance, read_results, record_chapter, source_line
 from cvaelib.remedies import RemedyConfig, chapter_settings
 
 FILES = sorted(RESULTS.glob("*.json"))
 
 
+# The chapters that record their own full-profile run (benchmarks/record_chapter.py).
+RECORDED_CHAPTERS = ["01_vae_mnist", "02_cvae_mnist", "03_cvae_fashion_mnist", "05_structured_output"]
+
+
 def test_there_are_recorded_runs():
-    assert {p.stem for p in FILES} >= {"04_cvae_cifar10", "benchmark_hierarchical_vs_single"}
+    expected = {"04_cvae_cifar10", "benchmark_hierarchical_vs_single", *RECORDED_CHAPTERS}
+    assert {p.stem for p in FILES} >= expected
+
+
+def settings_in_chapter(chapter: str) -> dict:
+    """The ``SETTINGS = dict(smoke=dict(...), full=dict(...))`` of a chapter's code, read without running it."""
+    notebook = jupytext.read(RESULTS.parent / "chapters" / f"{chapter}.md")
+    source = next(c.source for c in notebook.cells if c.cell_type == "code" and "SETTINGS = dict(" in c.source)
+    assign = next(n for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "SETTINGS")
+    return {kw.arg: {k.arg: ast.literal_eval(k.value) for k in kw.value.keywords} for kw in assign.value.keywords}
+
+
+@pytest.mark.parametrize("chapter", RECORDED_CHAPTERS)
+def test_a_chapters_recorded_run_used_its_full_profile_settings(chapter):
+    record = read_results(chapter)
+    assert record["profile"] == "full"
+    assert record["settings"] == as_json(settings_in_chapter(chapter)["full"]), chapter
+    assert record["figures"] and all((RESULTS / image).exists() for image in record["images"].values())
+
+
+def test_record_chapter_writes_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("CVAELIB_RECORD", raising=False)
+    assert record_chapter("x", {"a": 1.0}, {"n": 1}, 1.0) is None
+    monkeypatch.setenv("CVAELIB_RECORD", str(tmp_path))
+    path = record_chapter("x", {"a": (1.23456789, 2)}, {"n": (1, 2)}, 12.0)
+    record = json.loads(path.read_text())
+    assert record["figures"] == {"a": [1.23457, 2]} and record["settings"] == {"n": [1, 2]}
+    assert record["wall_seconds"] == 12.0 and record["images"] == {}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

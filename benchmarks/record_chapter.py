@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     os.environ.update(CVAELIB_PROFILE=args.profile, CVAELIB_RECORD=str(args.out.resolve()), MPLBACKEND="Agg")
+    os.environ["CVAELIB_EXERCISES"] = "1"  # the solutions' figures are recorded too
     notebook = jupytext.read(source)
     start, began = time.perf_counter(), time.time()
     print(f"executing {source.name} in the {args.profile} profile ...", flush=True)

@@ -10,6 +10,7 @@ import torch
 
 ENV_VAR = "CVAELIB_PROFILE"
 PROFILES = ("smoke", "full")
+EXERCISES_VAR = "CVAELIB_EXERCISES"
 
 
 def profile() -> str:
@@ -40,3 +41,12 @@ def describe() -> str:
 def pick(smoke, full):
     """The smoke or the full value of a setting, by the active profile (every chapter)."""
     return smoke if profile() == "smoke" else full
+
+
+def train_exercises() -> bool:
+    """Whether exercise solutions that train models run: only with ``CVAELIB_EXERCISES=1`` (chapter 1).
+
+    "Run all" in JupyterLab then never trains a model a learner did not ask for. The tests, the book
+    build (``_ext/course_build.py``) and the recorded runs set it, so every solution still runs and is checked.
+    """
+    return os.environ.get(EXERCISES_VAR, "").strip() == "1"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cvaelib.profile import describe, pick, profile
+from cvaelib.profile import describe, pick, profile, train_exercises
 
 
 def test_unset_profile_depends_on_the_machine(monkeypatch):
@@ -25,3 +25,12 @@ def test_unknown_profile_is_rejected(monkeypatch):
     monkeypatch.setenv("CVAELIB_PROFILE", "fast")
     with pytest.raises(ValueError, match="CVAELIB_PROFILE='fast' is not a profile; use one of"):
         profile()
+
+
+def test_exercise_training_runs_only_when_asked(monkeypatch):
+    monkeypatch.delenv("CVAELIB_EXERCISES", raising=False)
+    assert not train_exercises()  # "Run all" in JupyterLab
+    monkeypatch.setenv("CVAELIB_EXERCISES", "0")
+    assert not train_exercises()
+    monkeypatch.setenv("CVAELIB_EXERCISES", "1")  # the tests, the book build, the recorded runs
+    assert train_exercises()

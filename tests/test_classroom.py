@@ -1,4 +1,4 @@
-"""The classroom pipeline: otter assign, then grade solution, blank and wrong submissions with otter run."""
+"""The classroom pipeline: otter assign, then grade solution, blank, wrong and delegating submissions with otter run."""
 
 import importlib.util
 import json
@@ -14,6 +14,42 @@ _spec = importlib.util.spec_from_file_location("classroom_build", ROOT / "classr
 classroom = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(classroom)
 
+ASSIGNMENTS = ["01_vae_mnist", "02_cvae_mnist", "03_cvae_fashion_mnist", "04_cvae_cifar10", "05_structured_output"]
+
+# Submissions made from a solution edition by replacing solution lines: (assignment, [(old, new), ...]).
+EDITED = {
+    # One function broken: sigma = exp(logvar) instead of exp(0.5 * logvar).
+    "wrong": (
+        "01_vae_mnist",
+        [("torch.exp(0.5 * logvar) * torch.randn_like(mu)", "torch.exp(logvar) * torch.randn_like(mu)")],
+    ),
+    # Right values, but from the library functions the questions ask for, under other names: q1 through
+    # GroupStats.z (cvaelib's reparameterised sample), q2 through an alias of cvaelib.losses.gaussian_kl.
+    "delegating": (
+        "01_vae_mnist",
+        [
+            (
+                "return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)",
+                "from cvaelib.losses import GroupStats as G; return G(mu, logvar, None, None, torch.randn_like(mu)).z",
+            ),
+            (
+                "return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)",
+                "from cvaelib.losses import gaussian_kl as kl; return kl(mu, logvar)",
+            ),
+        ],
+    ),
+    # torch's own one-hot (a builtin, no Python code) under another name, after the answer's own label check.
+    "delegating_to_torch": (
+        "02_cvae_mnist",
+        [
+            (
+                "code = torch.zeros(len(y), num_classes)",
+                "from torch.nn.functional import one_hot as oh; return oh(y, num_classes).float()",
+            )
+        ],
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -21,16 +57,39 @@ def built(tmp_path_factory):
     return classroom.build(out=tmp_path_factory.mktemp("classroom"), check=True)
 
 
+@pytest.fixture(scope="module")
+def graded(built, tmp_path_factory):
+    """Every blank student edition and every ``EDITED`` submission, graded: {"blank": {name: results}, label: ...}."""
+    folder = tmp_path_factory.mktemp("submissions")
+    jobs = {("blank", name): (built[name]["student"], built[name]["autograder"]) for name in built}
+    for label, (name, replacements) in EDITED.items():
+        text = built[name]["solution"].read_text()
+        for old, new in replacements:
+            assert old in text, f"{name}: no solution line {old!r} to replace"
+            text = text.replace(old, new)
+        submission = folder / label / f"{name}.ipynb"
+        submission.parent.mkdir()
+        submission.write_text(text)
+        jobs[label, name] = (submission, built[name]["autograder"])
+    with ThreadPoolExecutor(3) as pool:
+        results = dict(zip(jobs, pool.map(lambda job: classroom.grade(*job), jobs.values())))
+    graded = {"blank": {name: r for (label, name), r in results.items() if label == "blank"}}
+    graded.update({label: r for (label, _), r in results.items() if label != "blank"})
+    return graded
+
+
 def test_every_assignment_is_built():
-    assert classroom.assignment_names() == ["01_vae_mnist", "02_cvae_mnist", "04_cvae_cifar10"]
+    assert classroom.assignment_names() == ASSIGNMENTS
 
 
 def test_student_editions_hold_no_solution_and_no_hidden_test(built):
+    assert sorted(built) == ASSIGNMENTS
     for name, paths in built.items():
         text = paths["student"].read_text()
         assert classroom.leaks(paths["student"], classroom.SOURCES / f"{name}.md") == []
         assert "otter_answer_cell" in text, f"{name}: the student edition has no answer cell"
         assert "grader.check(" in text, f"{name}: the student edition cannot run its public tests"
+        assert "__code__" not in text, f"{name}: the student edition shows how delegation is detected"
     student = built["01_vae_mnist"]["student"].read_text()
     assert "torch.exp(0.5 * logvar) * torch.randn_like(mu)" not in student
     assert "test_shape_and_type" in student, "the public tests travel with the student edition"
@@ -50,24 +109,35 @@ def test_solution_editions_score_full_marks(built):
         assert results["score"] == results["possible"], (name, classroom.failing_questions(results))
 
 
-def test_blank_and_wrong_submissions_lose_points_and_name_the_question(built, tmp_path):
-    paths = built["01_vae_mnist"]
-    solution = paths["solution"].read_text()
-    # One function broken: sigma = exp(logvar) instead of exp(0.5 * logvar).
-    wrong = tmp_path / "wrong" / "01_vae_mnist.ipynb"
-    wrong.parent.mkdir()
-    wrong.write_text(
-        solution.replace("torch.exp(0.5 * logvar) * torch.randn_like(mu)", "torch.exp(logvar) * torch.randn_like(mu)")
-    )
-    assert wrong.read_text() != solution
-    with ThreadPoolExecutor(2) as pool:
-        wrong_results, blank_results = pool.map(
-            lambda nb: classroom.grade(nb, paths["autograder"]), [wrong, paths["student"]]
-        )
+def test_blank_submissions_score_nothing(built, graded):
+    for name, results in graded["blank"].items():
+        solution = json.loads(built[name]["results"].read_text())
+        assert results["score"] == 0 and results["possible"] == solution["possible"], name
+        assert classroom.failing_questions(results) == list(solution["questions"]), name
 
-    assert 0 < wrong_results["score"] < wrong_results["possible"]
-    assert classroom.failing_questions(wrong_results) == ["q1_reparameterize"]
-    assert "dz/dlogvar must be 0.5 * sigma * eps" in wrong_results["questions"]["q1_reparameterize"]["output"]
 
-    assert blank_results["score"] == 0 and blank_results["possible"] == wrong_results["possible"]
-    assert classroom.failing_questions(blank_results) == ["q1_reparameterize", "q2_gaussian_kl", "q3_negative_elbo"]
+def test_a_wrong_submission_loses_points_and_names_the_question(graded):
+    wrong = graded["wrong"]
+    assert 0 < wrong["score"] < wrong["possible"]
+    assert classroom.failing_questions(wrong) == ["q1_reparameterize"]
+    assert "dz/dlogvar must be 0.5 * sigma * eps" in wrong["questions"]["q1_reparameterize"]["output"]
+
+
+def test_delegating_to_the_library_scores_nothing_for_that_question(graded):
+    # Aliases do not help: the hidden tests swap the code of the library's function objects themselves.
+    delegating = graded["delegating"]
+    assert classroom.failing_questions(delegating) == ["q1_reparameterize", "q2_gaussian_kl"]
+    questions = delegating["questions"]
+    assert questions["q1_reparameterize"]["score"] == 0 and questions["q2_gaussian_kl"]["score"] == 0
+    assert questions["q3_negative_elbo"]["score"] == questions["q3_negative_elbo"]["possible"]
+    q1 = "q1 must draw the sample itself: it called cvaelib.losses.GroupStats.z"
+    q2 = "q2 must compute the KL itself: it called cvaelib.losses.gaussian_kl"
+    assert q1 in questions["q1_reparameterize"]["output"] and q2 in questions["q2_gaussian_kl"]["output"]
+
+    # torch's one-hot is watched through torch's function dispatch; encoder_input uses that one_hot, so it fails too.
+    to_torch = graded["delegating_to_torch"]
+    assert classroom.failing_questions(to_torch) == ["q1_one_hot", "q2_encoder_input"]
+    assert to_torch["questions"]["q1_one_hot"]["score"] == 0
+    message = "q1 must build the one-hot code itself: it called torch.nn.functional.one_hot"
+    assert message in to_torch["questions"]["q1_one_hot"]["output"]
+    assert message in to_torch["questions"]["q2_encoder_input"]["output"]

@@ -103,6 +103,21 @@ def record_chapter(
     return path
 
 
+def check_recorded_run(name: str, full_settings: dict, check=None) -> dict:
+    """The recorded run ``results/<name>.json``, once it is shown to be a full-profile run made with
+    ``full_settings`` whose figures pass ``check(figures)``, the checks a chapter applies to its live run.
+    """
+    record = read_results(name)
+    if record["profile"] != "full" or record["settings"] != as_json(full_settings):
+        raise ValueError(
+            f"results/{name}.json is a {record['profile']} run with settings {record['settings']}, not the "
+            f"full settings {as_json(full_settings)}: record it again (results/README.md)"
+        )
+    if check is not None:
+        check(record["figures"])
+    return record
+
+
 def source_line(record: dict) -> str:
     """Where a recorded run comes from, in one line for a chapter: device, date, commit, profile, wall time."""
     minutes = record["wall_seconds"] / 60

@@ -7,7 +7,14 @@ from dataclasses import asdict
 import jupytext
 import pytest
 
-from cvaelib.provenance import RESULTS, as_json, provenance, read_results, record_chapter, source_line
+from cvaelib.provenance import (
+    RESULTS,
+    check_recorded_run,
+    provenance,
+    read_results,
+    record_chapter,
+    source_line,
+)
 from cvaelib.remedies import RemedyConfig, chapter_settings
 
 FILES = sorted(RESULTS.glob("*.json"))
@@ -32,9 +39,7 @@ def settings_in_chapter(chapter: str) -> dict:
 
 @pytest.mark.parametrize("chapter", RECORDED_CHAPTERS)
 def test_a_chapters_recorded_run_used_its_full_profile_settings(chapter):
-    record = read_results(chapter)
-    assert record["profile"] == "full"
-    assert record["settings"] == as_json(settings_in_chapter(chapter)["full"]), chapter
+    record = check_recorded_run(chapter, settings_in_chapter(chapter)["full"])
     assert record["figures"] and all((RESULTS / image).exists() for image in record["images"].values())
 
 
@@ -80,3 +85,15 @@ def test_provenance_names_commit_date_and_device():
     record = provenance(12.34, {"minutes": 1}, data="x")
     assert record["wall_seconds"] == 12.3 and record["settings"] == {"minutes": 1} and record["data"] == "x"
     assert record["commit"] and record["date"].count("-") == 2 and record["device"]
+
+
+def test_a_recorded_run_with_other_settings_or_failing_checks_is_refused():
+    full = settings_in_chapter("05_structured_output")["full"]
+    with pytest.raises(ValueError, match="record it again"):
+        check_recorded_run("05_structured_output", {**full, "k": 7})
+
+    def failing(figures):
+        raise AssertionError(figures["k_curve"]["k"])
+
+    with pytest.raises(AssertionError):
+        check_recorded_run("05_structured_output", full, failing)

@@ -115,8 +115,7 @@ def manifold_per_class(model, class_names, n=9, span=2.0):
             ax.set_ylabel("")
         else:
             ax.axis("off")
-    learned = model.prior(torch.zeros(1, dtype=torch.long, device=next(model.parameters()).device))[0] is not None
-    where = " in each class's prior standard deviations from its mean" if learned else ""
+    where = " in each class's prior standard deviations from its mean" if model.config.prior == "learned" else ""
     fig.suptitle(f"Decoded grids over $[-{span:g}, {span:g}]^2${where}, one per class")
     fig.tight_layout()
     return fig

@@ -8,6 +8,9 @@ per image, so the numbers compare with the published table. Two models:
 - ``BaselineNet``: a deterministic MLP x -> y, the "NN" of the paper;
 - ``StructuredCVAE``: a prior network p(z|x), a recognition network q(z|x,y) and a
   generation network p(y|x,z).
+
+The CVAE is trained with one of the paper's three objectives (``OBJECTIVES``): the ELBO ("elbo"),
+the GSNN's ("gsnn": z from the prior network, as at test time) or a mix of the two ("hybrid").
 """
 
 import math
@@ -20,6 +23,7 @@ from torch import nn
 from .evaluate import log_importance_weights, repeat_batch
 from .losses import GroupStats, elbo_terms
 
+OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015, Section 4.2)
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
 NUM_PIXELS = 28 * 28
 
@@ -170,24 +174,91 @@ def importance_nll(model, x, y, k=100, chunk=100):
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 
 
-def structured_loss(model, images, labels=None, num_given=2, num_samples=1):
-    """The training loss of chapter 5 for ``fit``: split the images, then -ELBO or the baseline's NLL.
+def negative_gsnn(model, x, y, num_samples=1):
+    """-L_GSNN = -(1/S) sum_s log p(y|x,z_s), z_s ~ p(z|x): the GSNN objective of Sohn et al. (chapter 5).
+
+    The CVAE's networks trained as they are used at test time: z comes from the prior network (reparameterised,
+    so its gradient reaches the prior network), and the recognition network is not used. By Jensen's
+    inequality it is an upper bound on -log p(y|x), like the -ELBO. Returns batch means and
+    ``gsnn_bound_per_image`` (B,), in nats over the missing pixels.
+    """
+    xs, ys = repeat_batch(x, num_samples), repeat_batch(y, num_samples)  # (S*B,1,28,28)
+    mu, logvar = model.prior(xs)  # (S*B, D) each
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    nll = -masked_log_prob(model.decode_params(z, xs), ys, (xs == HIDDEN).float())  # (S*B,)
+    per_image = nll.view(num_samples, -1).mean(0)  # (B,)
+    return {"loss": per_image.mean(), "gsnn_bound": per_image.mean(), "gsnn_bound_per_image": per_image}
+
+
+def negative_hybrid(model, x, y, alpha=0.5, num_samples=1):
+    """alpha * (-ELBO) + (1 - alpha) * (-L_GSNN): the hybrid objective of Sohn et al. (chapter 5).
+
+    The same networks get both gradients: the ELBO trains the recognition network and the decoder on z from q,
+    the GSNN term trains the prior network and the decoder on z from p, the way samples are drawn at test time.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha (the weight of the ELBO in the hybrid objective) must be in [0, 1], got {alpha!r}")
+    elbo = negative_elbo(model, x, y, num_samples)
+    gsnn = negative_gsnn(model, x, y, num_samples)
+    return {
+        "loss": alpha * elbo["loss"] + (1 - alpha) * gsnn["loss"],
+        "nelbo": elbo["nelbo"],
+        "kl": elbo["kl"],
+        "gsnn_bound": gsnn["gsnn_bound"],
+    }
+
+
+@torch.no_grad()
+def prior_nll(model, x, y, k=100):
+    """-log (1/K) sum_k p(y|x,z_k), z_k ~ p(z|x): importance sampling with the prior network as the proposal,
+    (B,) nats (chapter 5).
+
+    The weights p(y|x,z) p(z|x) / p(z|x) reduce to p(y|x,z_k). The only estimate a GSNN has (it has no trained
+    recognition network); for a CVAE a looser one than ``importance_nll`` at the same K, since the prior
+    does not know y. K = 1 is the 1-sample GSNN bound.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be at least 1, got {k!r}")
+    mu, logvar = model.prior(x)  # (B, D) each
+    mask = (x == HIDDEN).float()
+    log_p = []  # K tensors (B,): one decoded batch per sample
+    for _ in range(k):
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        log_p.append(masked_log_prob(model.decode_params(z, x), y, mask))
+    log_p = torch.stack(log_p)  # (K, B)
+    return -(torch.logsumexp(log_p, dim=0) - math.log(k))
+
+
+def structured_loss(model, images, labels=None, num_given=2, num_samples=1, objective="elbo", alpha=0.5):
+    """The training loss of chapter 5 for ``fit``: split the images, then the baseline's NLL, or the CVAE's
+    ``objective``: "elbo" (-ELBO), "gsnn" (-L_GSNN) or "hybrid" (``alpha`` of the first, the rest of the second).
 
     Use ``partial(structured_loss, num_given=2)``; the digit labels are ignored.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     x, y, mask = split_quadrants(images, num_given)
     if isinstance(model, BaselineNet):
         return baseline_nll(model, x, y, mask)
+    if objective == "gsnn":
+        return negative_gsnn(model, x, y, num_samples)
+    if objective == "hybrid":
+        return negative_hybrid(model, x, y, alpha, num_samples)
     return negative_elbo(model, x, y, num_samples)
 
 
 @torch.no_grad()
-def evaluate(model, batches, num_given, num_samples=10, k=100):
+def evaluate(model, batches, num_given, num_samples=10, k=100, objective="elbo"):
     """Test figures of chapter 5 in nats per image over the missing pixels.
 
-    Baseline: {"nll"}, exact. CVAE: {"nelbo"} (``num_samples``-sample ELBO, Pyro's number)
-    and {"nll"} (importance-sampled with ``k`` samples).
+    Baseline: {"nll"}, exact. A CVAE trained with ``objective``:
+    - "elbo": {"nelbo"} (``num_samples``-sample -ELBO, Pyro's number) and {"nll"} (importance-sampled from
+      q with ``k`` samples);
+    - "gsnn": {"gsnn_bound"} (``num_samples``-sample -L_GSNN) and {"nll_prior"} (``prior_nll`` with ``k``);
+    - "hybrid": all four, since it trains both ways of drawing z.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     model.eval()
     device = next(model.parameters()).device
     totals, n = {}, 0
@@ -196,10 +267,13 @@ def evaluate(model, batches, num_given, num_samples=10, k=100):
         if isinstance(model, BaselineNet):
             parts = {"nll": baseline_nll(model, x, y, mask)["nll_per_image"]}
         else:
-            parts = {
-                "nelbo": negative_elbo(model, x, y, num_samples)["nelbo_per_image"],
-                "nll": importance_nll(model, x, y, k),
-            }
+            parts = {}
+            if objective in ("elbo", "hybrid"):
+                parts["nelbo"] = negative_elbo(model, x, y, num_samples)["nelbo_per_image"]
+                parts["nll"] = importance_nll(model, x, y, k)
+            if objective in ("gsnn", "hybrid"):
+                parts["gsnn_bound"] = negative_gsnn(model, x, y, num_samples)["gsnn_bound_per_image"]
+                parts["nll_prior"] = prior_nll(model, x, y, k)
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value.sum())
         n += len(images)

@@ -1,3 +1,4 @@
+import copy
 import math
 from functools import partial
 
@@ -17,6 +18,9 @@ from cvaelib.structured import (
     importance_nll,
     masked_log_prob,
     negative_elbo,
+    negative_gsnn,
+    negative_hybrid,
+    prior_nll,
     quadrant_mask,
     split_quadrants,
     structured_loss,
@@ -119,13 +123,93 @@ def test_recognition_network_sees_the_whole_image():
     assert not torch.allclose(cvae.encode(x, y)[0], cvae.encode(x, y_other)[0])
 
 
-def test_structured_loss_trains_both_models_with_fit(mnist_subset):
+@pytest.mark.parametrize("kind", ["NN", "elbo", "gsnn", "hybrid"])
+def test_structured_loss_trains_every_model_and_objective_with_fit(mnist_subset, kind):
     images, labels, _, _ = mnist_subset
     batches = data.Batches(images, labels, 50, seed=0)
-    for model in (BaselineNet(hidden=64), StructuredCVAE(latent_dim=8, hidden=64)):
-        history = fit(model, partial(structured_loss, num_given=2), batches, 3, device="cpu", progress=False)
-        assert all(math.isfinite(r["train_loss"]) for r in history)
-        assert history[-1]["train_loss"] < history[0]["train_loss"], type(model).__name__
+    torch.manual_seed(0)
+    model = BaselineNet(hidden=64) if kind == "NN" else StructuredCVAE(latent_dim=8, hidden=64)
+    objective = "elbo" if kind == "NN" else kind
+    loss_fn = partial(structured_loss, num_given=2, objective=objective)
+    history = fit(model, loss_fn, batches, 3, device="cpu", progress=False)
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"], kind
+
+
+def test_unknown_objective_and_alpha_are_rejected():
+    model = StructuredCVAE(latent_dim=2, hidden=8)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        structured_loss(model, random_images(2), objective="gnsn")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        evaluate(model, [(random_images(2), None)], 1, objective="GSNN")
+    x, y, _ = split_quadrants(random_images(2), 1)
+    with pytest.raises(ValueError, match="alpha"):
+        negative_hybrid(model, x, y, alpha=1.5)
+    with pytest.raises(ValueError, match="k must be"):
+        prior_nll(model, x, y, k=0)
+
+
+def test_gsnn_trains_the_prior_network_and_never_reads_y_through_q():
+    torch.manual_seed(0)
+    model = StructuredCVAE(latent_dim=4, hidden=16)
+    x, y, _ = split_quadrants(random_images(5), 1)
+    negative_gsnn(model, x, y)["loss"].backward()
+    assert all(p.grad is None for p in model.recognition_net.parameters())  # q(z|x,y) is not used
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prior_net.parameters())
+    model.zero_grad(set_to_none=True)
+    negative_hybrid(model, x, y, alpha=0.5)["loss"].backward()  # the hybrid trains both
+    assert all(p.grad is not None for p in (*model.recognition_net.parameters(), *model.prior_net.parameters()))
+
+
+def test_gsnn_bound_and_prior_estimate_are_exact_when_the_decoder_ignores_z():
+    """With p(y|x,z) = p(y|x), both equal -log p(y|x), the Bernoulli NLL of the decoder at any z, for every K."""
+    torch.manual_seed(0)
+    model = StructuredCVAE(latent_dim=4, hidden=16).eval()
+    with torch.no_grad():
+        model.generation_net[0].weight[:, 784:] = 0  # the columns that read z
+        x, y, mask = split_quadrants(random_images(6), 2)
+        logits = model.decode_params(torch.zeros(6, 4), x)
+        exact = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mul(mask).sum(dim=(1, 2, 3))
+        gsnn = negative_gsnn(model, x, y, num_samples=3)["gsnn_bound_per_image"]
+        assert torch.allclose(gsnn, exact, atol=1e-4)
+        for k in (1, 7):
+            assert torch.allclose(prior_nll(model, x, y, k=k), exact, atol=1e-4)
+
+
+def test_one_sample_prior_estimate_is_the_one_sample_gsnn_bound(trained):
+    model, x, y, _ = trained
+    with torch.no_grad():
+        torch.manual_seed(5)
+        gsnn = negative_gsnn(model, x, y, num_samples=1)["gsnn_bound_per_image"]
+        torch.manual_seed(5)
+        assert torch.allclose(prior_nll(model, x, y, k=1), gsnn)
+
+
+def test_prior_estimate_tightens_with_k_below_the_gsnn_bound(trained):
+    model, x, y, _ = trained
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.generation_net[0].weight[:, 784:] *= 20  # p(y|x,z) varies strongly with z ~ p(z|x)
+        torch.manual_seed(0)
+        bound = float(negative_gsnn(model, x, y, num_samples=200)["gsnn_bound"])
+        estimates = {}
+        for k in (10, 100):
+            torch.manual_seed(k)
+            estimates[k] = float(prior_nll(model, x, y, k=k).mean())
+    assert bound > estimates[10] > estimates[100], (estimates, bound)
+
+
+def test_hybrid_is_the_weighted_sum_of_the_two_objectives():
+    model = StructuredCVAE(latent_dim=4, hidden=16)
+    x, y, _ = split_quadrants(random_images(5), 3)
+    for alpha in (0.0, 0.3, 1.0):
+        torch.manual_seed(1)
+        elbo = negative_elbo(model, x, y)["loss"]  # the hybrid draws q's noise first, then the prior's
+        gsnn = negative_gsnn(model, x, y)["loss"]
+        torch.manual_seed(1)
+        hybrid = negative_hybrid(model, x, y, alpha=alpha)
+        assert torch.allclose(hybrid["loss"], alpha * elbo + (1 - alpha) * gsnn)
+        assert torch.allclose(hybrid["nelbo"], elbo) and torch.allclose(hybrid["gsnn_bound"], gsnn)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +278,15 @@ def test_evaluate_reports_exact_baseline_nll_and_cvae_bounds():
     with torch.no_grad():
         expected = float(baseline_nll(baseline, x, y, mask)["nll"])
     assert evaluate(baseline, batches, 3) == pytest.approx({"nll": expected}, rel=1e-5)
-    figures = evaluate(StructuredCVAE(latent_dim=4, hidden=32), batches, 3, num_samples=10, k=50)
-    assert set(figures) == {"nelbo", "nll"} and all(math.isfinite(v) for v in figures.values())
+    cvae = StructuredCVAE(latent_dim=4, hidden=32)
+    keys = {
+        "elbo": {"nelbo", "nll"},
+        "gsnn": {"gsnn_bound", "nll_prior"},
+        "hybrid": {"nelbo", "nll", "gsnn_bound", "nll_prior"},
+    }
+    for objective, expected_keys in keys.items():
+        figures = evaluate(cvae, batches, 3, num_samples=10, k=50, objective=objective)
+        assert set(figures) == expected_keys and all(math.isfinite(v) for v in figures.values())
 
 
 def test_completion_figure_has_one_row_per_kind():

@@ -1,4 +1,4 @@
-"""Figures of the course. Every function returns a matplotlib Figure (chapters 1-4)."""
+"""Figures of the course: matplotlib Figures (chapters 1-5), and the small Markdown tables of chapters 2 and 5."""
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -189,3 +189,12 @@ def history(records, keys=("train_nelbo", "test_nelbo"), title="Negative ELBO (n
     ax.set_title(title)
     ax.legend()
     return fig
+
+
+def markdown_table(header, rows):
+    """A small table rendered as Markdown in a notebook: ``header`` the column titles, ``rows`` lists of cells."""
+    from IPython.display import Markdown  # the notebook's display type; plots need no IPython otherwise
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return Markdown("\n".join(lines))

@@ -73,3 +73,8 @@ def test_confusion_and_history():
     assert fig.axes[0].get_ylabel() == "requested"
     records = [{"epoch": 1, "train_nelbo": 3.0, "test_nelbo": 3.5}, {"epoch": 2, "train_nelbo": 2.0, "test_nelbo": 2.5}]
     assert len(plots.history(records).axes[0].lines) == 2
+
+
+def test_markdown_table_has_a_header_a_rule_and_one_line_per_row():
+    table = plots.markdown_table(["model", "nats"], [["NN", 100.4], ["CVAE", "66.9"]])
+    assert table.data.splitlines() == ["| model | nats |", "|---|---|", "| NN | 100.4 |", "| CVAE | 66.9 |"]

@@ -17,6 +17,7 @@ def _batches(x, y, batch_size=50):
 
 def test_loss_falls_on_real_data(mnist_subset):
     x, y, xt, yt = mnist_subset
+    torch.manual_seed(0)  # the initial weights: the ratio below depends on them
     model = CVAE(latent_dim=4)
     history = fit(
         model,
@@ -28,7 +29,7 @@ def test_loss_falls_on_real_data(mnist_subset):
         progress=False,
     )
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
-    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"], [h["train_loss"] for h in history]
     assert history[-1]["test_nelbo"] < history[0]["test_nelbo"]
     assert {"train_recon", "train_kl", "test_recon", "test_kl"} <= set(history[0])
 

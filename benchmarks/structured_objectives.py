@@ -61,6 +61,11 @@ def settings(args) -> dict:
     return {key: getattr(args, key) for key in keys}
 
 
+def profile_of(args) -> str:
+    """The profile a run belongs to: full on all the images, as chapter 5's; smoke on subsets (a quick check)."""
+    return "full" if args.train_per_class is None and args.test_per_class is None else "smoke"
+
+
 def subset(images, labels, per_class):
     return (images, labels) if per_class is None else data.stratified_subset(images, labels, per_class, 0)
 
@@ -119,6 +124,7 @@ def train_and_evaluate(name, args, train, test, out_of_time):
     record = provenance(
         train_seconds + time.perf_counter() - start,
         settings(args),
+        profile=profile_of(args),
         figures=as_json(figures),
         train_seconds=round(train_seconds, 1),
         resumed=resumed,
@@ -136,7 +142,6 @@ def collect(records: dict, args) -> dict:
             f"the models in {args.runs} come from different commits or settings ({commits}): "
             "train them again in an empty --runs folder"
         )
-    full = args.train_per_class is None and args.test_per_class is None
     figures = {objective: {} for objective in OBJECTIVES}
     for name, record in records.items():
         objective, n = name.split(":")
@@ -144,7 +149,7 @@ def collect(records: dict, args) -> dict:
     result = provenance(
         sum(r["wall_seconds"] for r in records.values()),
         as_json(settings(args)),
-        profile="full" if full else "smoke",
+        profile=profile_of(args),
         figures=figures,
         resumed=sorted(name for name, r in records.items() if r["resumed"]),
     )
@@ -169,7 +174,7 @@ def main(argv=None):
     def out_of_time():  # the minutes left for the next model, or None without --max-minutes
         if args.max_minutes is None:
             return None
-        return max(args.max_minutes - (time.monotonic() - started) / 60, 0.01)
+        return max(args.max_minutes - (time.monotonic() - started) / 60, 1e-6)  # fit needs a positive budget
 
     for name in args.models:
         record = train_and_evaluate(name, args, train, test, out_of_time)

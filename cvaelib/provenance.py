@@ -37,7 +37,8 @@ def device_description() -> str:
     if cpuinfo.exists():
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
         model = names[0] if names else model
-    return f"CPU: {model}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+    threads = torch.get_num_threads()
+    return f"CPU: {model}, {threads} thread{'s' * (threads != 1)} of {os.cpu_count()} cores"
 
 
 def provenance(wall_seconds: float, settings: dict, **extra) -> dict:

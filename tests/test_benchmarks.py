@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -155,3 +157,26 @@ def test_remedy_table_runs(data_root, tmp_path):
         assert row["groups"] == 3 and len(row["kl_groups_nats"]) == 3 and 0 <= row["judged"] <= 1
         assert math.isfinite(row["bits_per_dim"]) and row["best_temperature"] in (0.6, 0.8, 1.0)
     assert (tmp_path / record["samples_png"]).exists()
+
+
+def test_structured_objectives_runs_resumes_and_collects(data_root, tmp_path, capsys):
+    module = _load("structured_objectives")
+    common = ["--epochs", "2", "--k", "3", "--train-per-class", "5", "--test-per-class", "2"]
+    common += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "objectives.json")]
+    module.main(["--models", "gsnn:1", "--max-minutes", "0.0001", *common])  # stopped by the clock, checkpointed
+    assert "stopped after --max-minutes" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "gsnn_1.pt").exists() and not (tmp_path / "runs" / "gsnn_1.json").exists()
+    module.main(["--models", "gsnn:1", "gsnn:2", *common])  # goes on; the results file waits for all six
+    assert "2 of 6 models done" in capsys.readouterr().out and not (tmp_path / "objectives.json").exists()
+    module.main(common)
+    record = json.loads((tmp_path / "objectives.json").read_text())
+    assert record["profile"] == "smoke" and record["resumed"] == ["gsnn:1"]
+    assert set(record["figures"]["gsnn"]["1"]) == {"gsnn_bound", "nll_prior", "spread", "sharpness", "train_seconds"}
+    assert {"nelbo", "nll", "gsnn_bound", "nll_prior"} <= set(record["figures"]["hybrid"]["3"])
+    assert all((tmp_path / image).exists() for image in record["images"].values())
+
+
+def test_structured_objectives_rejects_a_bad_model_name_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        _load("structured_objectives").parse_args(["--models", "gsnn:4"])
+    assert "--models: 'gsnn:4'" in capsys.readouterr().err

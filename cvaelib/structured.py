@@ -23,7 +23,7 @@ from torch import nn
 from .evaluate import log_importance_weights, repeat_batch
 from .losses import GroupStats, elbo_terms
 
-OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015, Section 4.2)
+OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015)
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
 NUM_PIXELS = 28 * 28
 

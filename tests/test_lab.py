@@ -38,7 +38,8 @@ def lab(tmp_path_factory):
     runtime = tmp_path_factory.mktemp("jupyter-runtime")
     config = tmp_path_factory.mktemp("jupyter-config")  # a learner's ~/.jupyter, empty but for chapter 0's step
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(config)}
-    subprocess.run(["jupytext-config", "set-default-viewer"], env=env, check=True, capture_output=True, timeout=60)
+    set_viewer = [sys.executable, "-m", "jupytext_config", "set-default-viewer"]  # `jupytext-config set-default-viewer`
+    subprocess.run(set_viewer, env=env, check=True, capture_output=True, timeout=60)
     overrides = config / "labconfig" / "default_setting_overrides.json"
     settings = json.loads(overrides.read_text())
     settings["@jupyterlab/docmanager-extension:plugin"]["autosave"] = False  # the test never writes a chapter

@@ -25,7 +25,8 @@ RECORDED_CHAPTERS = ["01_vae_mnist", "02_cvae_mnist", "03_cvae_fashion_mnist", "
 
 
 def test_there_are_recorded_runs():
-    expected = {"04_cvae_cifar10", "benchmark_hierarchical_vs_single", *RECORDED_CHAPTERS}
+    expected = {"04_cvae_cifar10", "benchmark_hierarchical_vs_single", "benchmark_structured_objectives"}
+    expected |= set(RECORDED_CHAPTERS)
     assert {p.stem for p in FILES} >= expected
 
 
@@ -41,6 +42,21 @@ def settings_in_chapter(chapter: str) -> dict:
 def test_a_chapters_recorded_run_used_its_full_profile_settings(chapter):
     record = check_recorded_run(chapter, settings_in_chapter(chapter)["full"])
     assert record["figures"] and all((RESULTS / image).exists() for image in record["images"].values())
+
+
+def test_chapter_5s_gsnn_and_hybrid_rows_were_made_with_its_full_settings():
+    full = settings_in_chapter("05_structured_output")["full"]
+    expected = dict(
+        train_per_class=full["train_per_class"],
+        test_per_class=full["test_per_class"],
+        epochs=full["cvae_epochs"],
+        k=full["k"],
+        alpha=0.5,  # the hybrid's weight, as the chapter states it
+    )
+    record = check_recorded_run("benchmark_structured_objectives", expected)
+    figures = record["figures"]
+    assert set(figures) == {"gsnn", "hybrid"} and all(set(rows) == {"1", "2", "3"} for rows in figures.values())
+    assert all((RESULTS / image).exists() for image in record["images"].values())
 
 
 def test_record_chapter_writes_only_when_asked(tmp_path, monkeypatch):

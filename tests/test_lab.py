@@ -4,7 +4,8 @@ The Lab server starts, lists every chapter's MyST markdown as a notebook (jupyte
 jupyterlab-myst as a compatible extension, so that exercise blocks and other directives render.
 With ``jupytext-config set-default-viewer`` (chapter 0's one-time step), a double-click in headless
 Chromium opens a chapter as a notebook, whose exercise blocks render and whose solutions are collapsed
-(needs Debian's chromium and chromium-driver, as ``tests/site`` does).
+(needs Debian's chromium and chromium-driver, as ``tests/site`` does), and saving it from Lab leaves its
+text unchanged.
 """
 
 import json
@@ -192,3 +193,26 @@ def test_a_double_click_opens_a_chapter_as_a_notebook_with_rendered_exercises(la
     assert "Solution to" in solution["start"] and not solution["open"], solution
     assert solution["hidden"] and all(solution["hidden"]), solution  # text and code of the solution: collapsed
     assert "code" in solution["kinds"], solution
+
+
+def test_saving_a_chapter_from_lab_leaves_its_text_unchanged(lab, browser):
+    """Lab saves an open chapter (autosave, Ctrl+S) through jupytext: the .md must come back byte for byte,
+    not with version lines or another kernel name in its header (jupytext.toml, the chapters' kernelspec)."""
+    path = ROOT / "chapters" / "05_structured_output.md"
+    before, modified = path.read_bytes(), path.stat().st_mtime_ns
+    try:
+        browser.get(f"{lab}/lab?token={TOKEN}&reset")
+        _wait_for(browser, "window.jupyterapp && window.jupyterapp.commands.hasCommand('docmanager:open')")
+        browser.execute_script(
+            "window.jupyterapp.commands.execute('docmanager:open', {path: 'chapters/05_structured_output.md'})"
+        )
+        _wait_for(browser, "document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownCell').length > 3")
+        browser.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
+        deadline = time.monotonic() + 30
+        while path.stat().st_mtime_ns == modified and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert path.stat().st_mtime_ns != modified, "Lab did not save the chapter within 30 s"
+        after = path.read_bytes()
+    finally:
+        path.write_bytes(before)  # the repository's copy, whatever happened
+    assert after == before, "saving from Lab changed the chapter's text"

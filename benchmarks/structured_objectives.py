@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from cvaelib import data, plots  # noqa: E402
@@ -73,7 +74,8 @@ def subset(images, labels, per_class):
 @torch.no_grad()
 def spread_and_sharpness(model, x_test, num_given, num_samples=10):
     """Per missing pixel of the first 200 test images: std over samples and mean |p - 0.5| (chapter 5's figures)."""
-    x, _, mask = split_quadrants(x_test[:200].float().div(255), num_given)
+    device = next(model.parameters()).device
+    x, _, mask = split_quadrants(x_test[:200].to(device).float().div(255), num_given)
     torch.manual_seed(0)
     samples = model.predict(x, num_samples)  # (S, B, 1, 28, 28)
 
@@ -101,7 +103,6 @@ def train_and_evaluate(name, args, train, test, out_of_time):
         train,
         args.epochs,
         test_batches=test,
-        device="cpu",
         checkpoint=checkpoint,
         meta={"model": stem, **settings(args)},
         max_minutes=out_of_time(),
@@ -115,12 +116,14 @@ def train_and_evaluate(name, args, train, test, out_of_time):
     x_test = test.images
     figures.update(spread_and_sharpness(model, x_test, num_given))
     if num_given == 1:  # what its samples look like, where the answer is most open
-        x, _, mask = split_quadrants(x_test[:10].float().div(255), 1)
+        device = next(model.parameters()).device  # the GPU where there is one (fit's default)
+        x, _, mask = split_quadrants(x_test[:10].to(device).float().div(255), 1)
         torch.manual_seed(0)
         samples = model.predict(x, 3)  # (3, 10, 1, 28, 28)
         rows = torch.cat([show_input(x), *(x * (1 - mask) + s * mask for s in samples)])  # (40, 1, 28, 28)
         fig = plots.image_grid(rows, nrow=10, title=f"{objective}, 1 quadrant given: inputs, then 3 samples")
         fig.savefig(args.runs / f"{stem}.png", dpi=60, bbox_inches="tight")
+        plt.close(fig)
     record = provenance(
         train_seconds + time.perf_counter() - start,
         settings(args),

@@ -22,6 +22,7 @@ from torch import nn
 
 from .evaluate import log_importance_weights, repeat_batch
 from .losses import GroupStats, elbo_terms
+from .models import CVAE
 
 OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015)
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
@@ -183,8 +184,7 @@ def negative_gsnn(model, x, y, num_samples=1):
     ``gsnn_bound_per_image`` (B,), in nats over the missing pixels.
     """
     xs, ys = repeat_batch(x, num_samples), repeat_batch(y, num_samples)  # (S*B,1,28,28)
-    mu, logvar = model.prior(xs)  # (S*B, D) each
-    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    z = CVAE.reparameterize(*model.prior(xs))  # (S*B, D), z ~ p(z|x)
     nll = -masked_log_prob(model.decode_params(z, xs), ys, (xs == HIDDEN).float())  # (S*B,)
     per_image = nll.view(num_samples, -1).mean(0)  # (B,)
     return {"loss": per_image.mean(), "gsnn_bound": per_image.mean(), "gsnn_bound_per_image": per_image}
@@ -223,8 +223,7 @@ def prior_nll(model, x, y, k=100):
     mask = (x == HIDDEN).float()
     log_p = []  # K tensors (B,): one decoded batch per sample
     for _ in range(k):
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        log_p.append(masked_log_prob(model.decode_params(z, x), y, mask))
+        log_p.append(masked_log_prob(model.decode_params(CVAE.reparameterize(mu, logvar), x), y, mask))
     log_p = torch.stack(log_p)  # (K, B)
     return -(torch.logsumexp(log_p, dim=0) - math.log(k))
 

@@ -28,7 +28,14 @@ import torch  # noqa: E402
 
 from cvaelib import data, plots  # noqa: E402
 from cvaelib.provenance import as_json, provenance  # noqa: E402
-from cvaelib.structured import StructuredCVAE, evaluate, show_input, split_quadrants, structured_loss  # noqa: E402
+from cvaelib.structured import (
+    StructuredCVAE,
+    evaluate,
+    sample_spread,
+    show_input,
+    split_quadrants,
+    structured_loss,
+)  # noqa: E402
 from cvaelib.train import fit, seed_everything  # noqa: E402
 
 OBJECTIVES = ("gsnn", "hybrid")
@@ -71,20 +78,6 @@ def subset(images, labels, per_class):
     return (images, labels) if per_class is None else data.stratified_subset(images, labels, per_class, 0)
 
 
-@torch.no_grad()
-def spread_and_sharpness(model, x_test, num_given, num_samples=10):
-    """Per missing pixel of the first 200 test images: std over samples and mean |p - 0.5| (chapter 5's figures)."""
-    device = next(model.parameters()).device
-    x, _, mask = split_quadrants(x_test[:200].to(device).float().div(255), num_given)
-    torch.manual_seed(0)
-    samples = model.predict(x, num_samples)  # (S, B, 1, 28, 28)
-
-    def per_pixel(t):
-        return float((t * mask).sum() / (mask.sum() * t.numel() / mask.numel()))
-
-    return {"spread": per_pixel(samples.std(0)), "sharpness": per_pixel((samples - 0.5).abs())}
-
-
 def train_and_evaluate(name, args, train, test, out_of_time):
     """Train (or resume) one model; its figures in ``--runs/<name>.json``, or None when stopped by the clock."""
     objective, num_given = name.split(":")[0], int(name.split(":")[1])
@@ -113,10 +106,11 @@ def train_and_evaluate(name, args, train, test, out_of_time):
     start = time.perf_counter()
     torch.manual_seed(0)
     figures = evaluate(model, test, num_given, num_samples=10, k=args.k, objective=objective)
-    x_test = test.images
-    figures.update(spread_and_sharpness(model, x_test, num_given))
+    x_test, device = test.images, next(model.parameters()).device  # the GPU where there is one (fit's default)
+    x, _, _ = split_quadrants(x_test[:200].to(device).float().div(255), num_given)  # as chapter 5 measures it
+    torch.manual_seed(0)
+    figures.update(sample_spread(model, x))
     if num_given == 1:  # what its samples look like, where the answer is most open
-        device = next(model.parameters()).device  # the GPU where there is one (fit's default)
         x, _, mask = split_quadrants(x_test[:10].to(device).float().div(255), 1)
         torch.manual_seed(0)
         samples = model.predict(x, 3)  # (3, 10, 1, 28, 28)

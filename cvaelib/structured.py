@@ -279,6 +279,26 @@ def evaluate(model, batches, num_given, num_samples=10, k=100, objective="elbo")
     return {name: total / n for name, total in totals.items()}
 
 
+def per_missing_pixel(t, mask):
+    """The mean of ``t`` (..., B,1,28,28) over the missing pixels, where ``mask`` (B,1,28,28) is 1 (chapter 5)."""
+    return float((t * mask).sum() / (mask.sum() * t.numel() / mask.numel()))
+
+
+@torch.no_grad()
+def sample_spread(model, x, num_samples=10):
+    """How much ``num_samples`` completions of x differ, and how sure each is, per missing pixel (chapter 5).
+
+    {"spread": std over the samples, "sharpness": mean |p - 0.5|, where 0.5 is "no idea"}. Seed torch first
+    for repeatable samples.
+    """
+    samples = model.predict(x, num_samples)  # (S, B, 1, 28, 28)
+    mask = (x == HIDDEN).float()  # the missing pixels
+    return {
+        "spread": per_missing_pixel(samples.std(0), mask),
+        "sharpness": per_missing_pixel((samples - 0.5).abs(), mask),
+    }
+
+
 def show_input(x):
     """x for display: hidden pixels (-1) in mid grey, (B,1,28,28) in [0, 1]."""
     return torch.where(x == HIDDEN, torch.full_like(x, 0.5), x)

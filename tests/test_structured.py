@@ -20,8 +20,10 @@ from cvaelib.structured import (
     negative_elbo,
     negative_gsnn,
     negative_hybrid,
+    per_missing_pixel,
     prior_nll,
     quadrant_mask,
+    sample_spread,
     split_quadrants,
     structured_loss,
 )
@@ -307,3 +309,18 @@ def test_completion_figure_has_one_row_per_kind():
         "CVAE sample 2",
     ]
     plt.close(fig)
+
+
+def test_spread_and_sharpness_count_only_the_missing_pixels():
+    x, _, mask = split_quadrants(random_images(4), 3)  # 196 missing pixels per image
+    t = torch.where(mask.bool(), torch.full_like(mask, 0.25), torch.full_like(mask, 9.0))  # 9 on given pixels
+    assert per_missing_pixel(t, mask) == pytest.approx(0.25)
+    assert per_missing_pixel(t.expand(3, *t.shape), mask) == pytest.approx(0.25)  # (S, B, ...) as well
+    torch.manual_seed(0)
+    model = StructuredCVAE(latent_dim=4, hidden=16).eval()
+    with torch.no_grad():
+        model.generation_net[0].weight[:, 784:] = 0  # every z decodes to the same completion
+    figures = sample_spread(model, x, num_samples=5)
+    completion = torch.sigmoid(model.decode_params(torch.zeros(4, 4), x)).detach()
+    assert figures["spread"] == pytest.approx(0.0, abs=1e-6)
+    assert figures["sharpness"] == pytest.approx(per_missing_pixel((completion - 0.5).abs(), mask), rel=1e-5)

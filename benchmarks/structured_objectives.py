@@ -78,11 +78,16 @@ def subset(images, labels, per_class):
     return (images, labels) if per_class is None else data.stratified_subset(images, labels, per_class, 0)
 
 
+def run_files(args, name: str) -> tuple[Path, Path]:
+    """Where model ``name`` ("gsnn:1") keeps its figures and its checkpoint: ``--runs/gsnn_1.json`` and ``.pt``."""
+    stem = args.runs / name.replace(":", "_")
+    return stem.with_suffix(".json"), stem.with_suffix(".pt")
+
+
 def train_and_evaluate(name, args, train, test, out_of_time):
     """Train (or resume) one model; its figures in ``--runs/<name>.json``, or None when stopped by the clock."""
     objective, num_given = name.split(":")[0], int(name.split(":")[1])
-    stem = f"{objective}_{num_given}"
-    figures_path, checkpoint = args.runs / f"{stem}.json", args.runs / f"{stem}.pt"
+    figures_path, checkpoint = run_files(args, name)
     if figures_path.exists():
         return json.loads(figures_path.read_text())
     resumed = checkpoint.exists()
@@ -97,7 +102,7 @@ def train_and_evaluate(name, args, train, test, out_of_time):
         args.epochs,
         test_batches=test,
         checkpoint=checkpoint,
-        meta={"model": stem, **settings(args)},
+        meta={"model": checkpoint.stem, **settings(args)},  # "gsnn_1"
         max_minutes=out_of_time(),
     )
     train_seconds = time.perf_counter() - start
@@ -116,7 +121,7 @@ def train_and_evaluate(name, args, train, test, out_of_time):
         samples = model.predict(x, 3)  # (3, 10, 1, 28, 28)
         rows = torch.cat([show_input(x), *(x * (1 - mask) + s * mask for s in samples)])  # (40, 1, 28, 28)
         fig = plots.image_grid(rows, nrow=10, title=f"{objective}, 1 quadrant given: inputs, then 3 samples")
-        fig.savefig(args.runs / f"{stem}.png", dpi=60, bbox_inches="tight")
+        fig.savefig(figures_path.with_suffix(".png"), dpi=60, bbox_inches="tight")
         plt.close(fig)
     record = provenance(
         train_seconds + time.perf_counter() - start,
@@ -154,7 +159,7 @@ def collect(records: dict, args) -> dict:
     result["device"] = " / ".join(sorted({r["device"] for r in records.values()}))  # where the models trained
     images = {}
     for objective in OBJECTIVES:
-        png = args.runs / f"{objective}_1.png"
+        png = run_files(args, f"{objective}:1")[0].with_suffix(".png")
         images[objective] = f"{args.out.stem}_{objective}.png"
         (args.out.parent / images[objective]).write_bytes(png.read_bytes())
     result["images"] = images
@@ -179,11 +184,8 @@ def main(argv=None):
             print(f"{name}: stopped after --max-minutes; run the same command again to go on")
             return
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items()))
-    records = {
-        name: json.loads((args.runs / f"{name.replace(':', '_')}.json").read_text())
-        for name in ALL_MODELS
-        if (args.runs / f"{name.replace(':', '_')}.json").exists()
-    }
+    done = {name: run_files(args, name)[0] for name in ALL_MODELS}
+    records = {name: json.loads(path.read_text()) for name, path in done.items() if path.exists()}
     if len(records) < len(ALL_MODELS):
         print(f"{len(records)} of {len(ALL_MODELS)} models done; {args.out} is written once all are")
         return

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import jupytext
 
+import cvaelib  # noqa: F401  (first, before torch: how torch's threads wait, for this process and the kernels)
+
 # nbval runs every exercise solution, also those that train models (cvaelib.profile.train_exercises).
 os.environ.setdefault("CVAELIB_EXERCISES", "1")
 

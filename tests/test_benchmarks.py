@@ -180,3 +180,30 @@ def test_structured_objectives_rejects_a_bad_model_name_before_any_work(capsys):
     with pytest.raises(SystemExit):
         _load("structured_objectives").parse_args(["--models", "gsnn:4"])
     assert "--models: 'gsnn:4'" in capsys.readouterr().err
+
+
+def test_contention_runs(data_root, tmp_path, capsys):
+    from cvaelib.cli import main
+
+    checkpoint = tmp_path / "m.pt"
+    main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--epochs",
+            "1",
+            "--subset",
+            "10",
+            "--latent-dim",
+            "2",
+            "--out",
+            str(checkpoint),
+        ]
+        + ["--no-progress", "--data-root", data_root]
+    )
+    capsys.readouterr()
+    _load("contention").main(["--checkpoint", str(checkpoint), "--n", "50", "--repeats", "1", "--variants", "course"])
+    out = capsys.readouterr().out
+    assert "evaluate, course, idle:" in out and "evaluate, course, busy:" in out
+    assert "| course |" in out and ">600 s" not in out

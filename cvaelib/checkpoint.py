@@ -68,10 +68,21 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def trained_epochs(state: dict) -> tuple[float, int | None]:
+    """How far the run in a checkpoint got: the epochs done (with a fraction when it stopped mid-epoch)
+    and the epochs it was asked for (None in files written before checkpoints recorded it)."""
+    done = float(state["epoch"])
+    if state.get("partial") and state.get("steps_per_epoch"):
+        done += state["partial"]["steps"] / state["steps_per_epoch"]
+    return done, state.get("num_epochs")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved in ``path`` (its architecture is in the file), ready to ``sample``.
 
-    The returned model has ``model.meta``: the dataset, training settings and history.
+    The returned model has ``model.meta``: the dataset, training settings and history, the whole epochs
+    done (``epoch``), the epochs done with a fraction for a run stopped mid-epoch (``epochs_done``), and
+    the epochs the run was asked for (``num_epochs``, None if the file does not say).
     """
     state = read_checkpoint(path)
     try:
@@ -79,5 +90,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} does not hold a model cvaelib can rebuild ({type(e).__name__}: {e})") from None
-    model.meta = {**state["meta"], "history": state["history"], "epoch": state["epoch"]}
+    done, planned = trained_epochs(state)
+    model.meta = {
+        **state["meta"],
+        "history": state["history"],
+        "epoch": state["epoch"],
+        "epochs_done": done,
+        "num_epochs": planned,
+    }
     return model.to(device).eval()

@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 
 from . import data
-from .checkpoint import check_writable, load_checkpoint, read_checkpoint
-from .evaluate import report
+from .checkpoint import check_writable, load_checkpoint, read_checkpoint, trained_epochs
+from .evaluate import expected_seconds, report
 from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
 from .remedies import RemedyConfig, RemedyLoss
-from .train import SpeedConfig, TrainConfig, default_device, evaluate_loss, fit, seed_everything
+from .train import SpeedConfig, TrainConfig, TrainingInterrupted, default_device, evaluate_loss, fit, seed_everything
 
 # Defaults chosen so that prior samples are the requested class (see README, "Defaults").
 DEFAULTS = {
@@ -137,6 +137,11 @@ def _parser():
     s.add_argument("--seed", type=NATURAL, default=0)
     s.add_argument(
         "--temperature", type=NON_NEGATIVE, default=1.0, help="scale of the prior's standard deviations (0: its mean)"
+    )
+    s.add_argument(
+        "--mean",
+        action="store_true",
+        help="write the decoder's means x_hat (as the chapters show them), not pixels drawn from the likelihood",
     )
     s.add_argument("--device")
 
@@ -400,9 +405,12 @@ def train(args, parser):
         )
     if world.rank != 0:  # the figures and the checkpoint are rank 0's
         return
-    final = evaluate_loss(model, loss, test_batches, device)  # nelbo: the true negative ELBO, whatever beta
-    state = read_checkpoint(args.out)
-    done = state["epoch"] + (state["partial"]["steps"] / len(train_batches) if state.get("partial") else 0.0)
+    done, _ = trained_epochs(read_checkpoint(args.out))
+    if done == len(history) and history and "test_nelbo" in history[-1]:
+        # the last epoch's test figures, as its line printed them: one figure per run, not a second estimate
+        final = {k.removeprefix("test_"): v for k, v in history[-1].items() if k.startswith("test_")}
+    else:  # stopped mid-epoch: the model has moved on since the last epoch's line
+        final = evaluate_loss(model, loss, test_batches, device)
     figures = {
         "epochs": round(done, 3),
         "test_negative_elbo_nats": final["nelbo"],
@@ -428,10 +436,10 @@ def sample(args):
     seed_everything(args.seed)
     if model.num_classes:
         labels = torch.arange(model.num_classes).repeat_interleave(args.n_per_class)
-        images = model.sample(labels.to(device), temperature=args.temperature)
+        images = model.sample(labels.to(device), temperature=args.temperature, mean=args.mean)
     else:  # a VAE has no classes: 10 * K unlabelled samples, label -1
         labels = torch.full((10 * args.n_per_class,), -1)
-        images = model.sample(num_samples=len(labels), temperature=args.temperature)
+        images = model.sample(num_samples=len(labels), temperature=args.temperature, mean=args.mean)
     np.savez(args.out, images=images.cpu().numpy().astype(np.float32), labels=labels.numpy().astype(np.int64))
     print(f"wrote {len(labels)} samples to {args.out}")
 
@@ -439,13 +447,29 @@ def sample(args):
 def evaluate(args):
     device = args.device or default_device()
     model = load_checkpoint(args.checkpoint, device)
-    seed_everything(args.seed)
+    done, planned = model.meta["epochs_done"], model.meta["num_epochs"]
+    if planned is not None and done < planned:
+        print(
+            f"note: {args.checkpoint} stopped at {done:.3g} of {planned} epochs; these are the figures of that "
+            "model (the train command that made it, run again, finishes it)",
+            file=sys.stderr,
+        )
     batches = _test_batches(model.meta["dataset"], args.data_root, device, args.n)
+    seconds = expected_seconds(model, batches, args.k)
+    print(
+        f"evaluating {len(batches.labels)} test images: the bound, and the IWAE bound with K = {args.k} importance "
+        f"samples ({args.k + 1} forward passes of each image); about {seconds / 60:.1f} minutes here "
+        "(one batch timed; --k and --n make it shorter)",
+        file=sys.stderr,
+    )
+    seed_everything(args.seed)
     print(
         _json(
             {
                 "checkpoint": str(args.checkpoint),
                 "dataset": model.meta["dataset"],
+                "epochs": round(done, 3),
+                "of_epochs": planned,
                 **report(model, batches, args.k, stats_images=args.stats_images),
             }
         )
@@ -478,3 +502,13 @@ def main(argv=None):
             {"sample": sample, "evaluate": evaluate}[args.command](args)
     except (OSError, ValueError, FloatingPointError) as e:  # missing files, refused checkpoints, divergence
         sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:  # Ctrl-C during training: fit saved the step it ended
+        sys.stderr.write(
+            f"\ninterrupted at epoch {e.epoch}, step {e.step} of {e.steps_per_epoch}; checkpoint kept in "
+            f"{e.checkpoint}; the same command resumes\n"
+        )
+        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C outside a training step: loading data, a test pass, evaluate, sample
+        resume = "; a checkpoint saved before is kept, and the same command resumes from it"
+        sys.stderr.write("\ninterrupted" + (resume if args.command == "train" else "") + "\n")
+        sys.exit(130)

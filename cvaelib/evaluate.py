@@ -5,6 +5,7 @@ and return plain numbers in nats per image unless said otherwise.
 """
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -233,6 +234,19 @@ def total_mutual_information(groups: list[GroupStats], figures: list, labels: to
     if len(groups) == 1:
         return figures[0]["mutual_information_nats"]
     return mutual_information(torch.cat([g.mu for g in groups], 1), torch.cat([g.logvar for g in groups], 1), labels)
+
+
+@torch.no_grad()
+def expected_seconds(model: nn.Module, batches, k: int) -> float:
+    """How long ``report`` will take here: one forward pass of the first batch, timed, times the 1 + K
+    passes it makes of every batch (the bound, and K importance samples). Costs one forward pass."""
+    model.eval()
+    device = _model_device(model)
+    x, y = next(iter(batches))
+    x, y = x.to(device), _labels(model, y.to(device))
+    start = time.perf_counter()
+    model(x, y)
+    return (time.perf_counter() - start) * (1 + k) * len(batches)
 
 
 @torch.no_grad()

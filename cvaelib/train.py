@@ -14,7 +14,10 @@ and only rank 0 shows progress and writes the checkpoint.
 import itertools
 import math
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +162,41 @@ class _DistributedForward:
         return getattr(self._model, name)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``fit`` cleanly after a whole step; ``checkpoint`` (if any) holds that step."""
+
+    def __init__(self, epoch: int, step: int, steps_per_epoch: int, checkpoint=None):
+        self.epoch, self.step, self.steps_per_epoch, self.checkpoint = epoch, step, steps_per_epoch, checkpoint
+        where = f"interrupted at epoch {epoch}, step {step} of {steps_per_epoch}"
+        kept = f"; checkpoint kept: {checkpoint}, the same call resumes from it" if checkpoint else ""
+        super().__init__(where + kept)
+
+
+@contextmanager
+def _first_ctrl_c_stops_after_the_step():
+    """While ``fit`` trains, a first Ctrl-C (SIGINT) only sets the flag it yields: ``fit`` then ends the
+    step it is in, saves its checkpoint and raises ``TrainingInterrupted``. A second Ctrl-C interrupts at once.
+
+    Without this, Ctrl-C lands anywhere, also inside an optimizer update. Signals reach only the main
+    thread, and under torchrun every process gets its own: there, Ctrl-C interrupts as usual.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or _world_size() > 1:
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def _scalars(parts):
     return {k: v for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
 
@@ -295,7 +333,8 @@ def fit(
     with the same checkpoint goes on from that step and ends as an uninterrupted run would (under
     ``torchrun``, with other noise for the rest of that epoch).
     A loss part or a parameter that is no longer finite stops training with an error before
-    anything is saved, so the last good checkpoint stays.
+    anything is saved, so the last good checkpoint stays. Ctrl-C ends the step in progress, saves the
+    checkpoint there (as ``max_minutes`` does) and raises ``TrainingInterrupted``; a second Ctrl-C stops at once.
 
     In an initialised process group of several processes (``torchrun``), the model is trained with
     ``DistributedDataParallel``: ``train_batches`` must be this process's shard (``data.Batches`` with
@@ -370,6 +409,8 @@ def fit(
                 partial=partial,
                 rng=_rng_state(),
                 meta=meta or {},
+                num_epochs=num_epochs,  # the epochs asked for, and the steps in each: how far a run got
+                steps_per_epoch=len(train_batches),
             )
 
     def out_of_time():
@@ -384,59 +425,77 @@ def fit(
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
     steps_done = start * len(train_batches) + (partial["steps"] if partial is not None else 0)
     bar = tqdm(total=num_epochs * len(train_batches), initial=steps_done, disable=not progress, unit="step")
-    for epoch in range(start, num_epochs):
-        # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
-        done = partial["steps"] if partial is not None and epoch == start else 0
-        if hasattr(train_batches, "set_epoch"):  # seeded shuffling
-            train_batches.set_epoch(epoch)
-        if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
-            if done:
-                loss_fn.set_epoch(epoch, done)
-            else:
-                loss_fn.set_epoch(epoch)
-        if world > 1:  # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
-            torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
-        model.train()
-        totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
-        if done:
-            totals.restore(partial)
-            skipped = partial["skipped"]
-            if rank:  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
-                totals.totals, totals.n = torch.zeros_like(totals.totals), 0
-        bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-        stopped = False
-        for x, y in itertools.islice(train_batches, done, None):
-            x, y = to_device(x, y)
-            parts = losses(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            skipped += step_update()
-            totals.add(parts, model, len(x))
-            bar.update()
-            if len(totals.pending) == speed.sync_every:
+    try:
+        with _first_ctrl_c_stops_after_the_step() as interrupt:
+            for epoch in range(start, num_epochs):
+                # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
+                done = partial["steps"] if partial is not None and epoch == start else 0
+                if hasattr(train_batches, "set_epoch"):  # seeded shuffling
+                    train_batches.set_epoch(epoch)
+                if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
+                    if done:
+                        loss_fn.set_epoch(epoch, done)
+                    else:
+                        loss_fn.set_epoch(epoch)
+                if (
+                    world > 1
+                ):  # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
+                    torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
+                model.train()
+                totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
+                if done:
+                    totals.restore(partial)
+                    skipped = partial["skipped"]
+                    if (
+                        rank
+                    ):  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
+                        totals.totals, totals.n = torch.zeros_like(totals.totals), 0
+                bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
+                stopped = False
+                for x, y in itertools.islice(train_batches, done, None):
+                    x, y = to_device(x, y)
+                    parts = losses(x, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    parts["loss"].backward()
+                    skipped += step_update()
+                    totals.add(parts, model, len(x))
+                    bar.update()
+                    if interrupt.is_set() and totals.steps + len(totals.pending) < len(train_batches):
+                        stopped = True
+                        break
+                    if len(totals.pending) == speed.sync_every:
+                        totals.flush()
+                        bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
+                        if out_of_time() and totals.steps < len(train_batches):
+                            stopped = True
+                            break
                 totals.flush()
-                bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
-                if out_of_time() and totals.steps < len(train_batches):
-                    stopped = True
+                if stopped:  # mid-epoch: save where we are; the same call again goes on from this step
+                    save(epoch, {**totals.state(), "skipped": skipped})
+                    if interrupt.is_set():
+                        raise TrainingInterrupted(epoch + 1, totals.steps, len(train_batches), checkpoint)
+                    stopped_after(f"at step {totals.steps} of epoch {epoch + 1}")
                     break
-        totals.flush()
-        if stopped:  # mid-epoch: save where we are; the same call again goes on from this step
-            save(epoch, {**totals.state(), "skipped": skipped})
-            stopped_after(f"at step {totals.steps} of epoch {epoch + 1}")
-            break
-        totals.reduce()
-        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
-        if config.skip_grad_norm is not None:
-            record["skipped_updates"] = skipped
-        if test_batches is not None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
-                record.update({f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()})
-        history.append(record)
-        if progress:
-            tqdm.write("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        save(epoch + 1)
-        if epoch + 1 < num_epochs and out_of_time():
-            stopped_after(f"at the end of epoch {epoch + 1}")
-            break
-    bar.close()
+                totals.reduce()
+                record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
+                if config.skip_grad_norm is not None:
+                    record["skipped_updates"] = skipped
+                if test_batches is not None:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
+                        record.update(
+                            {f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()}
+                        )
+                history.append(record)
+                if progress:
+                    tqdm.write(
+                        "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+                    )
+                save(epoch + 1)
+                if interrupt.is_set():
+                    raise TrainingInterrupted(epoch + 1, len(train_batches), len(train_batches), checkpoint)
+                if epoch + 1 < num_epochs and out_of_time():
+                    stopped_after(f"at the end of epoch {epoch + 1}")
+                    break
+    finally:
+        bar.close()
     return history

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -247,6 +248,54 @@ def test_max_minutes_stops_cleanly_and_a_later_run_resumes(data_root, tmp_path, 
     assert load_checkpoint(ckpt).meta["epoch"] == 2
     main(args)
     assert load_checkpoint(ckpt).meta["epoch"] == 4
+
+
+def test_ctrl_c_during_train_says_where_it_stopped_in_one_line_and_the_same_command_resumes(
+    data_root, tmp_path, capsys
+):
+    import signal
+
+    ckpt = tmp_path / "m.pt"
+    args = ["train", "--dataset", "mnist", "--subset", "30", "--latent-dim", "2", "--batch-size", "30"]
+    args += ["--out", str(ckpt), "--device", "cpu", "--no-progress", "--data-root", data_root]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "cvaelib", *args, "--epochs", "100000"]  # far more than the test waits for
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert run.stdout.readline().startswith("training a cvae on mnist")
+    deadline = time.monotonic() + 60
+    while not ckpt.exists() and time.monotonic() < deadline:  # the first epoch is saved: training is under way
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted at epoch "), err
+    assert lines[0].endswith(f"checkpoint kept in {ckpt}; the same command resumes"), err
+
+    model = load_checkpoint(ckpt)
+    done = model.meta["epochs_done"]
+    assert model.meta["num_epochs"] == 100000 and 1 <= done < 100000
+    main(["evaluate", "--checkpoint", str(ckpt), "--k", "2", "--n", "50", "--data-root", data_root])
+    captured = capsys.readouterr()
+    assert f"stopped at {done:.3g} of 100000 epochs" in captured.err
+    assert json.loads(captured.out)["epochs"] == round(done, 3)
+
+    finish = int(done) + 1  # the same command, asked for fewer epochs, resumes and finishes
+    main(args + ["--epochs", str(finish)])
+    assert "resuming from" in capsys.readouterr().out
+    assert load_checkpoint(ckpt).meta["epochs_done"] == finish
+
+
+def test_the_final_figures_are_the_last_epochs_test_figures(data_root, tmp_path, capsys):
+    ckpt = tmp_path / "m.pt"
+    args = ["train", "--dataset", "mnist", "--epochs", "2", "--subset", "20", "--latent-dim", "2"]
+    main(args + ["--out", str(ckpt), "--device", "cpu", "--no-progress", "--data-root", data_root])
+    figures = json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1])
+    last = load_checkpoint(ckpt).meta["history"][-1]
+    assert figures["epochs"] == 2 == last["epoch"]
+    assert figures["test_negative_elbo_nats"] == last["test_nelbo"]  # one figure, not a second noisy estimate
+    assert figures["test_kl_nats"] == last["test_kl"]
 
 
 def test_json_is_strict():

@@ -348,6 +348,19 @@ def test_command_line_trains_resumes_samples_at_a_temperature_and_evaluates_per_
         )
         images = np.load(tmp_path / f"s{temperature}.npz")["images"]
         assert images.shape == (20, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    means = []
+    for seed in ("0", "1"):  # --mean at temperature 0: the decoder's means, a function of the label alone
+        out = tmp_path / f"mean{seed}.npz"
+        main(
+            ["sample", "--checkpoint", str(ckpt), "--n-per-class", "2", "--temperature", "0", "--mean"]
+            + ["--seed", seed, "--out", str(out)]
+        )
+        means.append(np.load(out)["images"])
+    drawn = np.load(tmp_path / "s0.npz")["images"]  # pixels drawn from the mixture: on its 256 levels
+    assert np.array_equal(means[0], means[1]) and not np.allclose(means[0], drawn)
+    assert np.allclose(drawn * 255, np.round(drawn * 255), atol=1e-3) and not np.allclose(
+        means[0] * 255, np.round(means[0] * 255), atol=1e-3
+    )
     main(["evaluate", "--checkpoint", str(ckpt), "--k", "2", "--n", "20", "--data-root", data_root])
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert len(report["groups"]) == 3 and all(g["kl_nats"] >= 0 for g in report["groups"])

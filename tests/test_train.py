@@ -6,7 +6,7 @@ import torch
 
 from cvaelib import CVAE, data, load_checkpoint
 from cvaelib.losses import elbo
-from cvaelib.train import SpeedConfig, TrainConfig, fit
+from cvaelib.train import SpeedConfig, TrainConfig, TrainingInterrupted, fit
 
 META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
 
@@ -93,6 +93,44 @@ def test_interrupted_run_resumes_exactly(mnist_subset, tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed_history == history
+
+
+def test_ctrl_c_ends_the_step_saves_it_and_the_resumed_run_ends_as_an_uninterrupted_one(mnist_subset, tmp_path):
+    import os
+    import signal
+
+    x, y, _, _ = mnist_subset
+    batches = _batches(x, y)  # 200 images: 4 steps per epoch
+    torch.manual_seed(0)
+    straight = CVAE(**META["model"])
+    history = fit(straight, elbo, batches, 3, device="cpu", config=TrainConfig(seed=5), progress=False)
+
+    calls = {"n": 0}
+
+    def ctrl_c_in_step_6(model, x, y):  # a real SIGINT, while the loss of epoch 2's second step is computed
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return elbo(model, x, y)
+
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    kwargs = dict(device="cpu", config=TrainConfig(seed=5), checkpoint=path, meta=META, progress=False)
+    with pytest.raises(TrainingInterrupted, match=f"epoch 2, step 2 of 4; checkpoint kept: {path}") as stop:
+        fit(CVAE(**META["model"]), ctrl_c_in_step_6, batches, 3, **kwargs)
+    assert (stop.value.epoch, stop.value.step) == (2, 2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # fit gave Ctrl-C back
+    state = torch.load(path, weights_only=True)
+    assert (state["epoch"], state["partial"]["steps"], state["num_epochs"], state["steps_per_epoch"]) == (1, 2, 3, 4)
+    assert load_checkpoint(path).meta["epochs_done"] == 1.5
+    resumed = CVAE(**META["model"])  # the step was finished, not cut: the rest ends as if never stopped
+    resumed_history = fit(resumed, elbo, batches, 3, **kwargs)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # the same figures; epoch 2's train means were summed in two parts (float32: the last digits may differ)
+    assert [r.keys() for r in resumed_history] == [r.keys() for r in history]
+    for got, want in zip(resumed_history, history):
+        assert got == pytest.approx(want, rel=1e-6)
 
 
 def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script o
 from hierarchical_vs_single import UNSET, load_or_train_judge, race, start_record  # noqa: E402
 
 from cvaelib import data  # noqa: E402
+from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.cli import default_settings  # noqa: E402
 from cvaelib.diagnostics import compare  # noqa: E402
 from cvaelib.judge import classifier_accuracy, frechet_distance  # noqa: E402
@@ -64,6 +65,9 @@ def main(argv=None) -> dict:
     judge = load_or_train_judge(all_images, all_labels, args.judge_epochs, args.runs, args.judge_per_class)
     real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
     print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
+
+    gaussian = gaussian_bits_per_dim(all_images, test_images[:n])  # the yardstick on this very data
+    print(f"one full-covariance Gaussian on the same data: {gaussian:.3f} bits/dim", flush=True)
 
     model_config, _, optim, batch_size, _ = default_settings("cifar10", "hierarchical")
     model_config = replace(model_config, size=args.size, **UNSET)
@@ -120,6 +124,7 @@ def main(argv=None) -> dict:
         "wall_seconds": round(time.time() - began, 1),
         "model": asdict(model_config),
         "train": {**asdict(optim), "batch_size": batch_size},
+        "gaussian_bits_per_dim": round(gaussian, 4),
         "judge_accuracy_on_real_test_images": round(real, 4),
         "frechet_distance_real_vs_real": round(frechet_distance(judge, real_ref, test_images[:n].float() / 255), 2),
         "samples_png": png.name,
@@ -135,6 +140,7 @@ def main(argv=None) -> dict:
             f"{r['mutual_information_nats']:.2f} | {r['judged']:.1%} ({r['best_temperature']}) | "
             f"{r['frechet_distance']:.1f} |"
         )
+    print(f"| one full-covariance Gaussian, same data | {gaussian:.3f} | | | | | |")
     return record
 
 

@@ -189,6 +189,8 @@ class HierarchicalCVAE(nn.Module):
     ``HierarchicalCVAE(**asdict(model.config))`` rebuilds the model (``models.build_model``).
     """
 
+    residual_posterior = True  # q's mean and log-variance are the prior's plus offsets (remedies.balanced_kl)
+
     def __init__(self, **config):
         super().__init__()
         self.config = c = HierarchicalConfig(**config)

@@ -214,6 +214,8 @@ class CVAE(nn.Module):
     a checkpoint can rebuild the model (``build_model(**asdict(model.config))``).
     """
 
+    residual_posterior = False  # q(z|x,y) has its own mean, not the prior's plus an offset (remedies.balanced_kl)
+
     def __init__(
         self,
         image_shape=(1, 28, 28),

@@ -120,9 +120,11 @@ def check_recorded_run(name: str, full_settings: dict, check=None) -> dict:
 
 
 def source_line(record: dict) -> str:
-    """Where a recorded run comes from, in one line for a chapter: device, date, commit, profile, wall time."""
+    """Where a recorded run comes from, in one line for a chapter: device, date, commit, profile, wall time,
+    and the data it was made on where the record names it (its figures hold for that data)."""
     minutes = record["wall_seconds"] / 60
+    data = f"; data: {record['data']}" if record.get("data") else ""
     return (
         f"recorded run: {record['device']}, {record['date']}, commit {record['commit']}, "
-        f"profile {record['profile']}, {minutes:.0f} minutes of wall time"
+        f"profile {record['profile']}, {minutes:.0f} minutes of wall time{data}"
     )

@@ -68,17 +68,29 @@ def optimal_sigma(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def balanced_kl(
-    mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor, alpha: float = 0.8
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: torch.Tensor,
+    prior_logvar: torch.Tensor,
+    alpha: float = 0.8,
+    residual: bool = False,
 ) -> torch.Tensor:
     """DreamerV2's KL balancing between posterior and a learned prior (Hafner et al. 2021).
 
     alpha * KL(stopgrad(q) || p) + (1 - alpha) * KL(q || stopgrad(p)), per dimension (B, D).
-    Its value is the plain KL; its gradient trains the prior towards the posterior alpha
-    times as hard as it pulls the posterior towards the prior.
+    Its value is the plain KL; the first path trains only the prior, the second only the posterior.
+
+    ``residual``: the posterior is parameterised as offsets from the prior (NVAE; the hierarchy of
+    chapter 4), mu = prior_mu + dmu and logvar = prior_logvar + dlogvar. Then the posterior's mean
+    depends on the prior's, and the second path would pull the prior's mean too (with weight 1 - 2 alpha
+    instead of alpha, all told); there, q enters it as stopgrad(prior) + its offsets.
     """
     if prior_mu is None:
         raise ValueError("KL balancing needs a learned prior: build the model with prior='learned'")
     towards_posterior = gaussian_kl(mu.detach(), logvar.detach(), prior_mu, prior_logvar)
+    if residual:  # same values; the prior's gradients through mu and logvar cancel exactly
+        mu = prior_mu.detach() + (mu - prior_mu)
+        logvar = prior_logvar.detach() + (logvar - prior_logvar)
     towards_prior = gaussian_kl(mu, logvar, prior_mu.detach(), prior_logvar.detach())
     return alpha * towards_posterior + (1 - alpha) * towards_prior
 
@@ -169,7 +181,8 @@ class RemedyLoss:
             recon = -out["log_px"]  # (B,)
         groups = out["groups"]
         if c.kl_balance is not None:
-            kl_dims = [balanced_kl(*g[:4], c.kl_balance) for g in groups]
+            residual = model.residual_posterior  # q's mean is the prior's plus an offset
+            kl_dims = [balanced_kl(*g[:4], c.kl_balance, residual=residual) for g in groups]
         else:
             kl_dims = [gaussian_kl(*g[:4]) for g in groups]  # (B, D_g) each
         kl_per_dim = torch.cat(kl_dims, dim=1)  # (B, D)

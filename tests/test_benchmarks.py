@@ -120,6 +120,7 @@ def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
         assert model["curve"] and all(math.isfinite(p["test_bits_per_dim"]) for p in model["curve"])
         assert (tmp_path / model["judged"]["samples_png"]).exists()
     assert len(record["models"]["hierarchical"]["curve"][0]["test_kl_groups_nats"]) == 3  # tiny: 3 groups
+    assert 0 < record["gaussian_bits_per_dim"] < 8  # the same-data yardstick
     module.main(args)  # the budget is spent: the second run loads the checkpoints and trains no more
     again = json.loads((tmp_path / "race.json").read_text())
     assert again["models"]["hierarchical"]["curve"] == record["models"]["hierarchical"]["curve"]
@@ -157,6 +158,7 @@ def test_remedy_table_runs(data_root, tmp_path):
         assert row["groups"] == 3 and len(row["kl_groups_nats"]) == 3 and 0 <= row["judged"] <= 1
         assert math.isfinite(row["bits_per_dim"]) and row["best_temperature"] in (0.6, 0.8, 1.0)
     assert (tmp_path / record["samples_png"]).exists()
+    assert 0 < record["gaussian_bits_per_dim"] < 8  # the same-data yardstick
 
 
 def test_structured_objectives_runs_resumes_and_collects(data_root, tmp_path, capsys):

@@ -235,6 +235,30 @@ def test_elbo_remedies_and_report_agree_on_the_kl_of_each_group():
     assert figures["iwae_nats"] < figures["negative_elbo_nats"] + 1.0 and figures["bits_per_dim"] > 0
 
 
+@pytest.mark.parametrize("alpha, trained, untouched", [(0.0, "posterior", "prior"), (1.0, "prior", "posterior")])
+def test_kl_balancing_trains_only_the_posterior_at_alpha_0_and_only_the_prior_at_alpha_1(alpha, trained, untouched):
+    from cvaelib.remedies import RemedyConfig, RemedyLoss, balanced_kl
+
+    def kl_gradients(residual):
+        """The KL penalty's gradient norms on the heads of the last group top-down (no later group reads its z)."""
+        model = tiny()
+        if residual:  # through the loss the command line trains with
+            parts = RemedyLoss(RemedyConfig(kl_balance=alpha))(model, *batch())
+            (parts["loss"] - parts["recon"]).backward()  # weight 1 x the balanced KL
+        else:  # the residual posterior taken as a posterior of its own: what DreamerV2's formula does unchanged
+            balanced_kl(*model(*batch())["groups"][-1][:4], alpha).sum().backward()
+        last = model.groups[-1][-1]
+        return {
+            head: sum(float(p.grad.abs().sum()) for p in getattr(last, head).parameters() if p.grad is not None)
+            for head in ("prior", "posterior")
+        }
+
+    grads = kl_gradients(residual=True)
+    assert grads[untouched] == 0 and grads[trained] > 0
+    if alpha == 0:  # without the residual form, the posterior's path would pull the prior through q's mean
+        assert kl_gradients(residual=False)["prior"] > 0
+
+
 def test_free_bits_and_group_balance_act_on_the_hierarchy_s_groups():
     from cvaelib.remedies import RemedyConfig, RemedyLoss
 

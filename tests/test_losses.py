@@ -243,3 +243,27 @@ def test_logistic_mixture_samples_follow_its_probabilities():
     sample = lik.sample(params.expand(200_000, -1, -1, -1)).flatten()
     frequencies = torch.bincount((sample * 255).round().long(), minlength=256) / len(sample)
     assert 0.5 * (frequencies - probs).abs().sum() < 0.03  # total variation; sampling noise ~0.012
+
+
+def test_gaussian_baseline_matches_the_closed_form_log_density():
+    import numpy as np
+
+    from cvaelib.baselines import dequantise, gaussian_bits_per_dim
+
+    torch.manual_seed(0)
+    base = torch.randint(60, 200, (500, 1, 1, 1))  # 3 correlated pixels: a shared brightness plus noise
+    train = (base + torch.randint(-40, 40, (500, 1, 1, 3))).clamp(0, 255).to(torch.uint8)
+    test = (base[:200] + torch.randint(-40, 40, (200, 1, 1, 3))).clamp(0, 255).to(torch.uint8)
+    generator = torch.Generator().manual_seed(7)
+    x, t = dequantise(train, generator).numpy(), dequantise(test, generator).numpy()  # the draws the function makes
+    mean, cov = x.mean(0), np.cov(x.T, bias=True)
+    d = t - mean
+    # log N(t; mean, cov) = -(D log 2 pi + log det cov + d' cov^-1 d) / 2, written out
+    log_density = -0.5 * (3 * math.log(2 * math.pi) + np.linalg.slogdet(cov)[1] + (d @ np.linalg.inv(cov) * d).sum(1))
+    expected = -log_density.mean() / (3 * math.log(2))
+    assert gaussian_bits_per_dim(train, test, seed=7) == pytest.approx(expected, rel=1e-10)
+    assert 4 < expected < 8  # pixels spread over about 100 of 256 levels, and correlated
+    with pytest.raises(ValueError, match="uint8"):
+        gaussian_bits_per_dim(train.float(), test)
+    with pytest.raises(ValueError, match="differ in shape"):
+        gaussian_bits_per_dim(train, test[..., :2])

@@ -76,6 +76,7 @@ def test_every_recorded_run_names_its_provenance(path):
     assert record["commit"] != "unknown" and record["wall_seconds"] > 0
     assert "offline copy" in record.get("data", "offline copy")  # CIFAR-10 runs say which training split they saw
     assert record["device"] in source_line(record)
+    assert record.get("data", "") in source_line(record)  # a figure carries the data it was made on
 
 
 def test_chapter_4_remedies_are_the_settings_the_code_makes_from_the_recorded_options():

@@ -3,7 +3,9 @@
 For each page of ``_toc.yml`` it checks that the page loads with no console error and no
 request leaving the machine (MathJax and the widget manager come from the site itself),
 that its figures are present and decoded and none is shown twice, that its math is typeset by MathJax, that saved
-widgets render, and that every internal link resolves (page and anchor). It saves a
+widgets render, that every Markdown table a cell displayed is rendered as a table (not shown as its ``| a | b |``
+text), that the profile line wraps instead of hiding behind a scroll bar, and that every internal link resolves
+(page and anchor). It saves a
 screenshot of each page in ``_build/screenshots/``.
 
 Marked ``site`` and left out of the default test run: build the book, then
@@ -153,6 +155,22 @@ def _screenshot(driver, path):
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
+# The rule under a Markdown table's header, as it reads when the table was not rendered: |---| or, once
+# typographic dashes have been applied to the text, |—|.
+RAW_TABLE_RULE = re.compile(r"\|[ \t]*:?(?:-{3,}|[\u2013\u2014]-*):?[ \t]*\|")
+# The article's text outside code and printed output (a pipe table in a code listing is code, not a table).
+ARTICLE_PROSE_JS = """
+const copy = (document.querySelector('article') || document.body).cloneNode(true);
+copy.querySelectorAll('pre, code, script, style, .highlight').forEach(e => e.remove());
+return copy.textContent;
+"""
+
+
+def raw_tables(text: str) -> list[str]:
+    """The lines of ``text`` that hold a Markdown table rule, that is, a table shown as text."""
+    return [line.strip() for line in text.splitlines() if RAW_TABLE_RULE.search(line)]
+
+
 FIGURE_AS_TEXT = re.compile(r"<Figure size \d+x\d+ with \d+ Axes>")
 
 
@@ -267,6 +285,19 @@ def test_page_in_the_browser(page, server, browser):
     if widget_views and not _wait(browser, "return document.querySelectorAll('.jupyter-widgets').length > 0"):
         problems.append(f"{widget_views} saved widget views, none rendered")
 
+    # Tables: every Markdown table a cell displayed is a table on the page, not its pipe text.
+    shown_as_text = raw_tables(browser.execute_script(ARTICLE_PROSE_JS))
+    if shown_as_text:
+        problems.append(f"{len(shown_as_text)} Markdown tables shown as text, not rendered: {shown_as_text[:3]}")
+    # The profile line at the top of a chapter wraps on a narrow page instead of scrolling sideways.
+    hidden = browser.execute_script(
+        "return Array.from(document.querySelectorAll('article div.cell_output pre'))"
+        ".filter(p => p.textContent.includes('profile: ') && p.scrollWidth > p.clientWidth + 1)"
+        ".map(p => p.textContent.slice(0, 80))"
+    )
+    if hidden:
+        problems.append(f"printed lines cut off behind a horizontal scroll bar: {hidden}")
+
     # Internal links: every target page exists, and so does every anchor.
     links = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
     unresolved = set()
@@ -314,6 +345,13 @@ def test_page_in_the_browser(page, server, browser):
         f"{len(links)} links, {elapsed:.1f} s"
     )
     assert not problems, f"{page}:\n- " + "\n- ".join(problems)
+
+
+def test_raw_tables_are_found():
+    """The check above finds a table shown as text, in both spellings of its rule, and nothing else."""
+    assert raw_tables("| model | nats |\n|---|---|\n| a | 1 |") == ["|---|---|"]
+    assert raw_tables("| model | nats | |\u2014|\u2014| | a | 1 |")
+    assert not raw_tables("a | b, and a rule --- in prose; |x| = 3")
 
 
 def test_no_page_loads_a_script_from_a_cdn():

@@ -56,6 +56,12 @@ def group_balance_weights(kl_groups: torch.Tensor, group_sizes: tuple[int, ...])
     Each group's weight is proportional to its batch-mean KL divided by its size (plus 0.01
     so an empty group keeps a weight), normalised so the weights average 1. A group with a
     small KL gets a small weight: it is pushed less towards the prior and does not collapse early.
+
+    The course divides by each group's size, its number of dimensions (KL per dimension). NVAE's code
+    divides by the group's spatial area over the number of groups at its scale. The two agree, up to a
+    constant that the normalisation removes, when every scale holds the same number of groups of the
+    same channels (the "small" preset of chapter 4); they differ otherwise (the "full" preset's 2, 4, 6
+    and 8 groups per scale).
     """
     sizes = torch.as_tensor(group_sizes, dtype=kl_groups.dtype, device=kl_groups.device)
     weights = (kl_groups.abs().mean(0) + 0.01) / sizes  # (G,)

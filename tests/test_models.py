@@ -47,7 +47,7 @@ def test_learned_prior_starts_at_standard_normal_and_depends_on_label():
     model = CVAE(prior="learned")
     mu, logvar = model.prior(torch.tensor([0, 1]))
     assert mu.abs().max() == 0 and logvar.abs().max() == 0
-    assert model.prior(None if model.prior_params is None else torch.tensor([0]))[0].shape == (1, 16)
+    assert model.prior(torch.tensor([0]))[0].shape == (1, 16)
     assert CVAE().prior(torch.tensor([0])) == (None, None)
 
 

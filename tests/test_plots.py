@@ -1,9 +1,9 @@
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 
 from cvaelib import CVAE, VAE, plots
 from cvaelib.data import class_names
@@ -17,10 +17,19 @@ def close_figures():
     plt.close("all")
 
 
-def test_image_grids():
+def shown(fig):
+    """The pixels a figure's (first) image shows."""
+    return fig.axes[0].images[0].get_array()
+
+
+def test_image_grids_show_the_images_in_rows_of_nrow():
     images = torch.rand(20, 1, 28, 28)
-    assert isinstance(plots.image_grid(images, nrow=5, title="t"), Figure)
-    assert isinstance(plots.image_grid(torch.rand(4, 3, 32, 32)), Figure)
+    grid = shown(plots.image_grid(images, nrow=5, title="t"))
+    assert grid.shape == (4 * 30 + 2, 5 * 30 + 2)  # 4 rows of 5, each image padded by 2 pixels
+    assert np.allclose(grid[2:30, 2:30], images[0, 0]) and np.allclose(grid[32:60, 2:30], images[5, 0])
+    colour = torch.rand(4, 3, 32, 32)
+    grid = shown(plots.image_grid(colour))
+    assert grid.shape == (36, 4 * 34 + 2, 3) and np.allclose(grid[2:34, 36:68], colour[1].permute(1, 2, 0))
     fig = plots.reconstructions(images, images.flip(0), n=6)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["original", "reconstruction"]
 
@@ -38,7 +47,7 @@ def test_latent_scatter_names_classes():
 
 
 def test_manifolds():
-    assert isinstance(plots.manifold(VAE(latent_dim=2), n=5), Figure)
+    assert shown(plots.manifold(VAE(latent_dim=2), n=5)).shape == (5 * 30 + 2, 5 * 30 + 2)  # 5 x 5 decoded images
     fig = plots.manifold_per_class(CVAE(latent_dim=2), NAMES, n=3)
     assert [ax.get_title() for ax in fig.axes] == NAMES
     with pytest.raises(ValueError, match="needs a 2-D latent"):
@@ -62,7 +71,7 @@ def test_a_manifold_under_a_learned_prior_lies_over_that_prior(monkeypatch):
 
 def test_interpolation_and_traversal():
     model = CVAE(latent_dim=4)
-    assert isinstance(plots.interpolation(model, torch.zeros(4), torch.ones(4), y=3, steps=5), Figure)
+    assert shown(plots.interpolation(model, torch.zeros(4), torch.ones(4), y=3, steps=5)).shape[1] == 5 * 30 + 2
     fig = plots.traversal(model, torch.zeros(4), dims=[0, 2], steps=5, y=1)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["$z_{1}$", "$z_{3}$"]
 

@@ -178,8 +178,8 @@ def test_gsnn_bound_and_prior_estimate_are_exact_when_the_decoder_ignores_z():
             assert torch.allclose(prior_nll(model, x, y, k=k), exact, atol=1e-4)
 
 
-def test_one_sample_prior_estimate_is_the_one_sample_gsnn_bound(trained):
-    model, x, y, _ = trained
+def test_one_sample_prior_estimate_is_the_one_sample_gsnn_bound(uses_z):
+    model, x, y, _ = uses_z
     with torch.no_grad():
         torch.manual_seed(5)
         gsnn = negative_gsnn(model, x, y, num_samples=1)["gsnn_bound_per_image"]
@@ -187,8 +187,8 @@ def test_one_sample_prior_estimate_is_the_one_sample_gsnn_bound(trained):
         assert torch.allclose(prior_nll(model, x, y, k=1), gsnn)
 
 
-def test_prior_estimate_tightens_with_k_below_the_gsnn_bound(trained):
-    model, x, y, _ = trained
+def test_prior_estimate_tightens_with_k_below_the_gsnn_bound(uses_z):
+    model, x, y, _ = uses_z
     model = copy.deepcopy(model)
     with torch.no_grad():
         model.generation_net[0].weight[:, 784:] *= 20  # p(y|x,z) varies strongly with z ~ p(z|x)
@@ -215,7 +215,7 @@ def test_hybrid_is_the_weighted_sum_of_the_two_objectives():
 
 
 @pytest.fixture(scope="module")
-def trained():
+def uses_z():
     """An untrained CVAE whose q(z|x,y) is far from its prior and whose p(y|x,z) depends strongly on z.
 
     A briefly trained CVAE barely uses z (KL near 0), so every estimate would coincide; here
@@ -235,8 +235,8 @@ def trained():
     return model, x, y, mask
 
 
-def test_importance_estimate_is_below_the_elbo_and_decreases_with_k(trained):
-    model, x, y, mask = trained
+def test_importance_estimate_is_below_the_elbo_and_decreases_with_k(uses_z):
+    model, x, y, mask = uses_z
     torch.manual_seed(0)
     with torch.no_grad():
         nelbo = float(negative_elbo(model, x, y, num_samples=100)["nelbo"])
@@ -251,8 +251,8 @@ def test_importance_estimate_is_below_the_elbo_and_decreases_with_k(trained):
     assert estimates[100] - estimates[1000] < estimates[1] - estimates[10], estimates
 
 
-def test_one_sample_importance_estimate_is_the_elbo_in_expectation(trained):
-    model, x, y, mask = trained
+def test_one_sample_importance_estimate_is_the_elbo_in_expectation(uses_z):
+    model, x, y, mask = uses_z
     torch.manual_seed(0)
     with torch.no_grad():
         nelbo = negative_elbo(model, x, y, num_samples=500)["nelbo_per_image"]  # (B,), near exact

@@ -139,8 +139,9 @@ def test_remedy_loss_with_every_remedy_trains(mnist_subset):
         (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(RemedyConfig(sigma="optimal"))),
     ]:
         history = fit(model, loss, batches, 2, device="cpu", progress=False)
-        # each trains: the true negative ELBO (whatever the remedy weighs) falls from the first epoch to the second
-        assert history[1]["train_nelbo"] < history[0]["train_nelbo"], (loss.config, history)
+        # each trains: the true negative ELBO (whatever the remedy weighs) falls by a tenth or more from the first
+        # epoch to the second (20-50 % on MNIST; a loss without the reconstruction term leaves it where it was)
+        assert history[1]["train_nelbo"] < 0.9 * history[0]["train_nelbo"], (loss.config, history)
 
 
 def test_diagnose_recognises_a_collapsed_posterior():

@@ -209,3 +209,16 @@ def test_contention_runs(data_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "evaluate, course, idle:" in out and "evaluate, course, busy:" in out
     assert "| course |" in out and ">600 s" not in out
+
+
+def test_rate_distortion_runs_and_resumes(data_root, tmp_path, capsys):
+    args = ["--betas", "1", "8", "--epochs", "1", "--per-class", "5", "--runs", str(tmp_path / "runs")]
+    module = _load("rate_distortion")
+    record = module.main(args + ["--out", str(tmp_path / "rd.json")])
+    assert [p["beta"] for p in record["points"]] == [1, 8] and record["profile"] == "benchmark"
+    assert all(p["rate_nats"] >= 0 and p["distortion_nats"] > 0 for p in record["points"])
+    again = module.main(args + ["--out", str(tmp_path / "rd2.json")])  # every model resumes from its checkpoint
+    assert again["points"] == record["points"]
+    with pytest.raises(SystemExit):
+        module.main(["--betas", "2", "4"])  # no beta = 1: refused before any work
+    assert "include 1" in capsys.readouterr().err

@@ -451,7 +451,7 @@ def evaluate(args):
     if planned is not None and done < planned:
         print(
             f"note: {args.checkpoint} stopped at {done:.3g} of {planned} epochs; these are the figures of that "
-            "model (the train command that made it, run again, finishes it)",
+            "model (run the train command that made it again to finish it)",
             file=sys.stderr,
         )
     batches = _test_batches(model.meta["dataset"], args.data_root, device, args.n)

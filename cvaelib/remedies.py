@@ -88,8 +88,8 @@ def balanced_kl(
 
     ``residual``: the posterior is parameterised as offsets from the prior (NVAE; the hierarchy of
     chapter 4), mu = prior_mu + dmu and logvar = prior_logvar + dlogvar. Then the posterior's mean
-    depends on the prior's, and the second path would pull the prior's mean too (with weight 1 - 2 alpha
-    instead of alpha, all told); there, q enters it as stopgrad(prior) + its offsets.
+    depends on the prior's, and the second path would pull the prior's mean too (all told with weight
+    2 alpha - 1 instead of alpha, chapter 4); there, q enters it as stopgrad(prior) + its offsets.
     """
     if prior_mu is None:
         raise ValueError("KL balancing needs a learned prior: build the model with prior='learned'")

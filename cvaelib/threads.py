@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-BUSY_CORES = 0.5  # other processes' load, in cores, from which threads wait passively
+BUSY_CORES = 0.5  # other processes' load, in cores, from which torch keeps to the free cores and waits passively
 
 
 def busy_cores(seconds: float = 0.1) -> float | None:

@@ -17,7 +17,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -425,77 +425,70 @@ def fit(
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
     steps_done = start * len(train_batches) + (partial["steps"] if partial is not None else 0)
     bar = tqdm(total=num_epochs * len(train_batches), initial=steps_done, disable=not progress, unit="step")
-    try:
-        with _first_ctrl_c_stops_after_the_step() as interrupt:
-            for epoch in range(start, num_epochs):
-                # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
-                done = partial["steps"] if partial is not None and epoch == start else 0
-                if hasattr(train_batches, "set_epoch"):  # seeded shuffling
-                    train_batches.set_epoch(epoch)
-                if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
-                    if done:
-                        loss_fn.set_epoch(epoch, done)
-                    else:
-                        loss_fn.set_epoch(epoch)
-                if (
-                    world > 1
-                ):  # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
-                    torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
-                model.train()
-                totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
+    with _first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
+        for epoch in range(start, num_epochs):
+            # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
+            done = partial["steps"] if partial is not None and epoch == start else 0
+            if hasattr(train_batches, "set_epoch"):  # seeded shuffling
+                train_batches.set_epoch(epoch)
+            if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
                 if done:
-                    totals.restore(partial)
-                    skipped = partial["skipped"]
-                    if (
-                        rank
-                    ):  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
-                        totals.totals, totals.n = torch.zeros_like(totals.totals), 0
-                bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-                stopped = False
-                for x, y in itertools.islice(train_batches, done, None):
-                    x, y = to_device(x, y)
-                    parts = losses(x, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    parts["loss"].backward()
-                    skipped += step_update()
-                    totals.add(parts, model, len(x))
-                    bar.update()
-                    if interrupt.is_set() and totals.steps + len(totals.pending) < len(train_batches):
+                    loss_fn.set_epoch(epoch, done)
+                else:
+                    loss_fn.set_epoch(epoch)
+            # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
+            if world > 1:
+                torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
+            model.train()
+            totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
+            if done:
+                totals.restore(partial)
+                skipped = partial["skipped"]
+                # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
+                if rank:
+                    totals.totals, totals.n = torch.zeros_like(totals.totals), 0
+            bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
+            stopped = False
+            for x, y in itertools.islice(train_batches, done, None):
+                x, y = to_device(x, y)
+                parts = losses(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                skipped += step_update()
+                totals.add(parts, model, len(x))
+                bar.update()
+                if interrupt.is_set() and totals.steps + len(totals.pending) < len(train_batches):
+                    stopped = True
+                    break
+                if len(totals.pending) == speed.sync_every:
+                    totals.flush()
+                    bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
+                    if out_of_time() and totals.steps < len(train_batches):
                         stopped = True
                         break
-                    if len(totals.pending) == speed.sync_every:
-                        totals.flush()
-                        bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
-                        if out_of_time() and totals.steps < len(train_batches):
-                            stopped = True
-                            break
-                totals.flush()
-                if stopped:  # mid-epoch: save where we are; the same call again goes on from this step
-                    save(epoch, {**totals.state(), "skipped": skipped})
-                    if interrupt.is_set():
-                        raise TrainingInterrupted(epoch + 1, totals.steps, len(train_batches), checkpoint)
-                    stopped_after(f"at step {totals.steps} of epoch {epoch + 1}")
-                    break
-                totals.reduce()
-                record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
-                if config.skip_grad_norm is not None:
-                    record["skipped_updates"] = skipped
-                if test_batches is not None:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
-                        record.update(
-                            {f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()}
-                        )
-                history.append(record)
-                if progress:
-                    tqdm.write(
-                        "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-                    )
-                save(epoch + 1)
+            totals.flush()
+            if stopped:  # mid-epoch: save where we are; the same call again goes on from this step
+                save(epoch, {**totals.state(), "skipped": skipped})
                 if interrupt.is_set():
-                    raise TrainingInterrupted(epoch + 1, len(train_batches), len(train_batches), checkpoint)
-                if epoch + 1 < num_epochs and out_of_time():
-                    stopped_after(f"at the end of epoch {epoch + 1}")
-                    break
-    finally:
-        bar.close()
+                    raise TrainingInterrupted(epoch + 1, totals.steps, len(train_batches), checkpoint)
+                stopped_after(f"at step {totals.steps} of epoch {epoch + 1}")
+                break
+            totals.reduce()
+            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
+            if config.skip_grad_norm is not None:
+                record["skipped_updates"] = skipped
+            if test_batches is not None:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
+                    record.update(
+                        {f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()}
+                    )
+            history.append(record)
+            if progress:
+                tqdm.write("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            save(epoch + 1)
+            if interrupt.is_set():
+                raise TrainingInterrupted(epoch + 1, len(train_batches), len(train_batches), checkpoint)
+            if epoch + 1 < num_epochs and out_of_time():
+                stopped_after(f"at the end of epoch {epoch + 1}")
+                break
     return history

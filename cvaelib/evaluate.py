@@ -20,6 +20,7 @@ from .losses import (
     elbo_terms,
     gaussian_kl,
     gaussian_log_prob,
+    log_mean_exp,
     log_weight,
 )
 
@@ -86,7 +87,7 @@ def iwae_bound(model: nn.Module, batches, k: int = 100) -> float:
     for x, y in batches:
         x, y = x.to(device), _labels(model, y.to(device))
         log_w = log_importance_weights(model, x, y, k)  # (K, B)
-        total += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
+        total += float(-log_mean_exp(log_w, 0).sum())
         n += len(x)
     return total / n
 
@@ -195,7 +196,7 @@ def mutual_information(
     for zc in z.split(chunk):
         # log q(z_i | x_j) for every i in the chunk and every j: (chunk, N)
         log_q = gaussian_log_prob(zc[:, None, :], mu[None], logvar[None])
-        log_qz.append(torch.logsumexp(log_q, dim=1) - math.log(n))
+        log_qz.append(log_mean_exp(log_q, dim=1))  # log q(z_i), q the mixture of the N posteriors
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 
@@ -265,7 +266,7 @@ def report(model: nn.Module, batches, k: int = 100, progress: bool = True, stats
         out = model(x, y)
         parts = elbo_terms(out)
         log_w = log_importance_weights(model, x, y, k)  # (K, B)
-        totals["iwae"] -= float((torch.logsumexp(log_w, 0) - math.log(k)).sum())
+        totals["iwae"] -= float(log_mean_exp(log_w, 0).sum())
         for key in ("nelbo", "recon", "kl", "kl_per_dim", "kl_groups"):
             totals[key] = totals[key] + parts[key] * len(x)
         if n < stats_images:

@@ -245,6 +245,11 @@ def gaussian_log_prob(z, mu, logvar):
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
+def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """log (1/K) sum_k exp(x_k) over ``dim`` of size K, without overflow (the IWAE bound, the aggregate posterior)."""
+    return torch.logsumexp(x, dim) - math.log(x.shape[dim])
+
+
 def bits_per_dim(nats_per_image, num_dims):
     """Convert nats per image to bits per dimension (chapter 4)."""
     return nats_per_image / (num_dims * math.log(2))

@@ -13,7 +13,6 @@ The CVAE is trained with one of the paper's three objectives (``OBJECTIVES``): t
 the GSNN's ("gsnn": z from the prior network, as at test time) or a mix of the two ("hybrid").
 """
 
-import math
 
 import matplotlib.pyplot as plt
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .evaluate import log_importance_weights, repeat_batch
-from .losses import GroupStats, elbo_terms
+from .losses import GroupStats, elbo_terms, log_mean_exp
 from .models import CVAE
 
 OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015)
@@ -172,7 +171,7 @@ def importance_nll(model, x, y, k=100, chunk=100):
     expectation that tightens as K grows; K = 1 is the 1-sample -ELBO. ``chunk`` samples at a time.
     """
     log_w = log_importance_weights(model, x, y, k, max_images=chunk * len(x))  # (K, B)
-    return -(torch.logsumexp(log_w, dim=0) - math.log(k))
+    return -log_mean_exp(log_w, dim=0)
 
 
 def negative_gsnn(model, x, y, num_samples=1):
@@ -225,7 +224,7 @@ def prior_nll(model, x, y, k=100):
     for _ in range(k):
         log_p.append(masked_log_prob(model.decode_params(CVAE.reparameterize(mu, logvar), x), y, mask))
     log_p = torch.stack(log_p)  # (K, B)
-    return -(torch.logsumexp(log_p, dim=0) - math.log(k))
+    return -log_mean_exp(log_p, dim=0)
 
 
 def structured_loss(model, images, labels=None, num_given=2, num_samples=1, objective="elbo", alpha=0.5):

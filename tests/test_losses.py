@@ -274,3 +274,13 @@ def test_gaussian_baseline_matches_the_closed_form_log_density():
         gaussian_bits_per_dim(train.float(), test)
     with pytest.raises(ValueError, match="differ in shape"):
         gaussian_bits_per_dim(train, test[..., :2])
+
+
+def test_log_mean_exp_is_the_log_of_the_mean_and_does_not_overflow():
+    from cvaelib.losses import log_mean_exp
+
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 8.0]])  # (K=3, B=2)
+    torch.testing.assert_close(log_mean_exp(x, 0), x.exp().mean(0).log())
+    torch.testing.assert_close(log_mean_exp(x, 1), x.exp().mean(1).log())
+    big = torch.tensor([1000.0, 1000.0 + math.log(3.0)])  # exp overflows float32; the mean of e^1000 (1, 3) is 2 e^1000
+    assert log_mean_exp(big, 0).item() == pytest.approx(1000.0 + math.log(2.0))

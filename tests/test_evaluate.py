@@ -6,6 +6,7 @@ import torch
 from cvaelib import CVAE, VAE, data
 from cvaelib.evaluate import (
     active_units,
+    group_figures,
     iwae_bound,
     kl_per_dim,
     mutual_information,
@@ -13,7 +14,7 @@ from cvaelib.evaluate import (
     posterior_stats,
     report,
 )
-from cvaelib.losses import elbo, gaussian_kl
+from cvaelib.losses import GroupStats, elbo, gaussian_kl
 from cvaelib.train import fit
 
 
@@ -170,3 +171,17 @@ def test_report_reads_shuffled_batches_once_and_keeps_labels_with_their_images(t
     in_order = report(model, batches, k=3, progress=False)
     assert figures["active_units"] == in_order["active_units"]  # within-class statistics need the right labels
     assert figures["mutual_information_nats"] == pytest.approx(in_order["mutual_information_nats"], abs=0.3)
+
+
+def test_mutual_information_reaches_its_cap_when_every_image_has_a_code_of_its_own():
+    from cvaelib.evaluate import mutual_information_cap
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    assert mutual_information_cap(8) == pytest.approx(math.log(8))
+    # p(c) log N_c: a quarter each at log 2 and a half at log 4
+    assert mutual_information_cap(8, labels) == pytest.approx(0.25 * math.log(2) * 2 + 0.5 * math.log(4))
+    mu, logvar = torch.arange(8.0)[:, None] * 100, torch.full((8, 1), -10.0)  # far apart, narrow: all told apart
+    assert mutual_information(mu, logvar) == pytest.approx(mutual_information_cap(8), abs=1e-3)
+    assert mutual_information(mu, logvar, labels) == pytest.approx(mutual_information_cap(8, labels), abs=1e-3)
+    group = GroupStats(mu, logvar, None, None, torch.zeros_like(mu))
+    assert group_figures([group], labels)[0]["mutual_information_cap_nats"] == mutual_information_cap(8, labels)

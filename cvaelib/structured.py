@@ -13,7 +13,6 @@ The CVAE is trained with one of the paper's three objectives (``OBJECTIVES``): t
 the GSNN's ("gsnn": z from the prior network, as at test time) or a mix of the two ("hybrid").
 """
 
-
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F

@@ -43,7 +43,9 @@ def expected_times(profile: str) -> tuple[dict, str]:
     last = _read(LAST_BUILD)
     if last and last.get("profile") == profile:
         return last["chapters"], f"this machine's last {profile} build, {last['date']}"
-    recorded = _read(ROOT / "results" / f"book_build_{profile}.json")
+    from cvaelib.provenance import read_results
+
+    recorded = read_results(f"book_build_{profile}", missing_ok=True)
     if recorded:
         return recorded["chapters"], f"recorded on {recorded['device']}, {recorded['date']}"
     return {}, ""
@@ -51,15 +53,15 @@ def expected_times(profile: str) -> tuple[dict, str]:
 
 class _Progress:
     def __init__(self):
-        self.profile, self.expected, self.todo = None, {}, []
+        self.expected, self.todo = {}, []
         self.started, self.chapter_started, self.times = None, None, {}
 
     def before_reading(self, app, env, docnames):
         from cvaelib.profile import describe, profile
 
-        self.profile = profile()
+        active = profile()
         self.todo = sorted(d for d in docnames if d.startswith("chapters/"))
-        self.expected, source = expected_times(self.profile)
+        self.expected, source = expected_times(active)
         total = sum(self.expected.get(d, 0) for d in self.todo)
         known = all(d in self.expected for d in self.todo)
         if not self.todo:
@@ -67,7 +69,7 @@ class _Progress:
         elif known:
             when = f"expected about {_minutes(total)} ({source})"
         else:
-            when = f"no earlier {self.profile} build to estimate its time from"
+            when = f"no earlier {active} build to estimate its time from"
         _say(f"executing {len(self.todo)} chapters; {describe()}; {when}")
         self.started = time.monotonic()
 

@@ -39,9 +39,13 @@ class TrainConfig:
     seed: int = 0  # seeds the weights' random draws (the batches have their own seed)
     clip_grad: float | None = None  # clip the gradient norm to this value
     skip_grad_norm: float | None = None  # skip an update whose gradient norm is larger (VDVAE); None: never
+    warmup_steps: int = 0  # raise the learning rate linearly from 0 over this many steps (VDVAE)
+    cosine_decay: bool = False  # then lower it along a cosine to 0 at the last step of num_epochs
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         _check_positive("clip_grad", self.clip_grad)
         _check_positive("skip_grad_norm", self.skip_grad_norm)
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -62,6 +66,14 @@ class SpeedConfig:
             raise ValueError(f"sync_every must be a positive integer, got {self.sync_every!r}")
 
 
+def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+    """The learning rate at ``step`` (0-based) as a fraction of ``config.lr``: warm-up, then cosine decay."""
+    factor = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.cosine_decay:
+        factor *= 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return factor
+
+
 def _check_positive(name, value):
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -74,6 +86,21 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Does this device compute in bfloat16 natively? A GPU that supports it, or a CPU with bfloat16 units
+    (AVX-512 BF16 or AMX); elsewhere autocasting to bfloat16 only adds conversions."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def seed_everything(seed: int) -> None:
@@ -366,6 +393,14 @@ def fit(
     seed_everything(config.seed)
     if checkpoint is not None and Path(checkpoint).exists():
         history, start, partial = _resume(checkpoint, meta, model, optimizer)
+    # The schedule is a function of the step alone: a resumed run picks it up at the step it stopped at.
+    total_steps = num_epochs * len(train_batches)
+    steps_done = start * len(train_batches) + (partial["steps"] if partial is not None else 0)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # saved with the optimizer, so a resumed run has it too
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, config), last_epoch=steps_done - 1
+    )
     run = model
     if world > 1:  # broadcasts rank 0's parameters; its backward averages the gradients
         run = DistributedDataParallel(
@@ -397,6 +432,11 @@ def fit(
         optimizer.step()
         return 0
 
+    def update():
+        skipped = step_update()
+        schedule.step()
+        return skipped
+
     def save(epoch, partial=None):
         """The checkpoint after ``epoch`` whole epochs (and, stopped mid-epoch, the next one's ``partial`` state)."""
         if checkpoint is not None and rank == 0:
@@ -423,7 +463,6 @@ def fit(
 
     # One bar for the whole training, kept when done: a notebook page shows how the run went, and a
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
-    steps_done = start * len(train_batches) + (partial["steps"] if partial is not None else 0)
     bar = tqdm(total=num_epochs * len(train_batches), initial=steps_done, disable=not progress, unit="step")
     with _first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
         for epoch in range(start, num_epochs):
@@ -454,7 +493,7 @@ def fit(
                 parts = losses(x, y)
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
-                skipped += step_update()
+                skipped += update()
                 totals.add(parts, model, len(x))
                 bar.update()
                 if interrupt.is_set() and totals.steps + len(totals.pending) < len(train_batches):

@@ -176,9 +176,12 @@ def load(
 
 
 def stratified_subset(
-    images: torch.Tensor, labels: torch.Tensor, n_per_class: int, seed: int = 0
+    images: torch.Tensor, labels: torch.Tensor, n_per_class: int | None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Take ``n_per_class`` random examples of every class, classes in label order (smoke runs)."""
+    """Take ``n_per_class`` random examples of every class, classes in label order (smoke runs);
+    all of them, as they are, with ``n_per_class=None`` (the full profile)."""
+    if n_per_class is None:
+        return images, labels
     g = torch.Generator().manual_seed(seed)
     picks = []
     for c in labels.unique(sorted=True):

@@ -22,6 +22,7 @@ from .losses import (
     gaussian_log_prob,
     log_mean_exp,
     log_weight,
+    reparameterize,
 )
 
 
@@ -187,7 +188,7 @@ def mutual_information(
     # and the same variance floor as gaussian_log_prob below, or a tiny variance would count in one term only.
     mu, logvar = mu.double(), logvar.double().clamp(min=MIN_LOGVAR)
     eps = torch.randn_like(mu)
-    z = mu + torch.exp(0.5 * logvar) * eps  # one z per x, (N, D)
+    z = reparameterize(mu, logvar, eps)  # one z per x, (N, D)
     # log q(z_i | x_i) at the same samples as the mixture below, from the noise: its expectation is the negative
     # entropy, and its noise (of order sqrt(D / 2) nats per sample) cancels against the mixture's own term i,
     # so that identical posteriors give exactly 0 even for a group of thousands of dimensions.

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import LIKELIHOODS, GroupStats, make_likelihood
-from .models import decoded_images, sample_request
+from .interface import check_images, check_labels, decoded_images, sample_request
+from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
 
 # Presets; any value can be overridden by the constructor argument of the same name.
 # "tiny" exists for the tests; "small" trains on a CPU; "full" wants a GPU.
@@ -121,11 +121,11 @@ class LatentGroup(nn.Module):
         prior_logvar = soft_clamp(prior_logvar)
         eps = torch.randn_like(prior_mu)  # (B,Z,r,r)
         if activation is None:
-            z, stats = prior_mu + temperature * torch.exp(0.5 * prior_logvar) * eps, None
+            z, stats = reparameterize(prior_mu, prior_logvar, eps, temperature), None
         else:
             dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
             mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
-            z = prior_mu + torch.exp(0.5 * prior_logvar) * eps if from_prior else mu + torch.exp(0.5 * logvar) * eps
+            z = reparameterize(prior_mu, prior_logvar, eps) if from_prior else reparameterize(mu, logvar, eps)
             stats = GroupStats(*(t.flatten(1) for t in (mu, logvar, prior_mu, prior_logvar, eps)))  # (B,Z*r*r) each
         return self.block(h + update + self.z_proj(z)), stats
 
@@ -230,27 +230,6 @@ class HierarchicalCVAE(nn.Module):
         self.out_blocks = nn.Sequential(*stage(top))
         self.out = nn.Sequential(nn.GELU(), nn.Conv2d(widths[top], self.likelihood.out_channels(image_shape[0]), 1))
 
-    def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Dtype and shape of images and labels; no value checks, which would wait for a GPU every step."""
-        if not torch.is_floating_point(x):
-            raise TypeError(f"images must be float in [0, 1], got {x.dtype}; divide uint8 images by 255")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            shape = ", ".join(map(str, self.image_shape))
-            raise ValueError(f"images must have shape (B, {shape}), got {tuple(x.shape)}")
-        self._check_label_type(y, len(x))
-
-    def _check_label_type(self, y, batch_size):
-        if self.num_classes == 0:
-            if y is not None:
-                raise ValueError("this is an unconditional model (num_classes=0): pass no labels")
-            return
-        if y is None:
-            raise ValueError(f"this model needs labels: pass y, a (B,) tensor of ints in [0, {self.num_classes})")
-        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise TypeError(f"labels must be integers in [0, {self.num_classes}) (torch.int64), got {y.dtype}")
-        if tuple(y.shape) != (batch_size,):
-            raise ValueError(f"labels must have shape ({batch_size},), one per image, got {tuple(y.shape)}")
-
     def _add_label(self, h, y, level):
         # (B,w,r,r) + (B,w,1,1): the label's embedding for this resolution, broadcast over the map
         return h if y is None else h + self.label_embeddings[level](y.long())[:, :, None, None]
@@ -295,7 +274,8 @@ class HierarchicalCVAE(nn.Module):
         from its prior (resample one group, keep the others); its entry still reports q and p, and its
         ``eps`` is then the prior's noise (such a pass is for looking at, not for ``losses.log_weight``).
         """
-        self.check_inputs(x, y)
+        check_images(x, self.image_shape)
+        check_labels(y, self.num_classes, len(x))
         prior_groups = set(prior_groups)
         if not prior_groups <= set(range(len(self.group_shapes))):
             raise ValueError(

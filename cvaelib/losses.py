@@ -255,6 +255,15 @@ def bits_per_dim(nats_per_image, num_dims):
     return nats_per_image / (num_dims * math.log(2))
 
 
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """z = mu + temperature * sigma * eps with eps ~ N(0, I), drawn here unless given (the reparameterisation
+    trick, chapter 1): differentiable in mu and logvar. ``temperature`` < 1 samples nearer the mean (chapter 4)."""
+    eps = torch.randn_like(mu) if eps is None else eps
+    return mu + temperature * torch.exp(0.5 * logvar) * eps
+
+
 class GroupStats(NamedTuple):
     """One latent group of a model's forward pass, each (B, D_g): what the ELBO, IWAE and diagnostics need.
 
@@ -270,7 +279,7 @@ class GroupStats(NamedTuple):
 
     @property
     def z(self) -> torch.Tensor:
-        return self.mu + torch.exp(0.5 * self.logvar) * self.eps
+        return reparameterize(self.mu, self.logvar, self.eps)
 
 
 def log_weight(out: dict) -> torch.Tensor:

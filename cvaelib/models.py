@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import LIKELIHOODS, GroupStats, make_likelihood
+from .hierarchical import HierarchicalCVAE
+from .interface import check_images, check_labels, decoded_images, sample_request
+from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
 
 
 def _check_shape(image_shape):
@@ -112,59 +114,6 @@ CONDITIONINGS = ("concat", "add")
 PRIORS = ("standard", "learned")
 
 
-def check_labels(y: torch.Tensor, num_classes: int) -> None:
-    """Labels must lie in [0, num_classes): a clear error instead of an embedding's index crash.
-
-    The values are checked where no accelerator waits for them: on the CPU, in ``sample`` and once
-    per dataset (``data.load``); a training step on a GPU checks only their dtype and shape.
-    """
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}), got values from {int(y.min())} to {int(y.max())}")
-
-
-def check_temperature(temperature: float) -> None:
-    """A sampling temperature must be a finite number >= 0 (0: the prior's mean)."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a non-negative number, got {temperature!r}")
-
-
-def sample_request(num_classes: int, labels, num_samples, temperature: float, device) -> tuple:
-    """What a model is asked to sample, checked: (labels on ``device``, or None, and how many images).
-
-    A conditional model takes ``labels``, an unconditional one ``num_samples``; every model's ``sample`` calls this.
-    """
-    check_temperature(temperature)
-    if num_classes:
-        if labels is None:
-            raise ValueError("a conditional model samples per label: pass labels, e.g. torch.arange(10)")
-        labels = sample_labels(labels, num_classes, device)
-        return labels, len(labels)
-    if labels is not None or num_samples is None:
-        raise ValueError("an unconditional model (num_classes=0) has no labels: pass num_samples")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    return None, num_samples
-
-
-def decoded_images(likelihood, params: torch.Tensor, mean: bool) -> torch.Tensor:
-    """The images of a sample: drawn from the likelihood when it has a ``sample``, else (or with ``mean``) its mean."""
-    if mean or not hasattr(likelihood, "sample"):
-        return likelihood.mean(params)
-    return likelihood.sample(params)
-
-
-def sample_labels(labels, num_classes: int, device) -> torch.Tensor:
-    """The labels a model is asked to sample, checked (a 1-d tensor of ints in range) and on ``device``."""
-    labels = torch.as_tensor(labels)
-    if labels.dtype not in (torch.int64, torch.int32, torch.uint8) or labels.dim() != 1:
-        shape = tuple(labels.shape)
-        raise TypeError(
-            f"labels must be a 1-d tensor of ints in [0, {num_classes}), got {labels.dtype} of shape {shape}"
-        )
-    check_labels(labels, num_classes)
-    return labels.to(device)
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a CVAE (chapters 1-4, ``python -m cvaelib train``); stored in checkpoints.
@@ -245,37 +194,15 @@ class CVAE(nn.Module):
 
     def one_hot(self, y: torch.Tensor | None) -> torch.Tensor | None:
         """Check labels and one-hot them: (B,) int64 -> (B, num_classes); no label for a VAE."""
-        if self.num_classes == 0:
-            if y is not None:
-                raise ValueError("this is an unconditional VAE (num_classes=0): pass no labels")
-            return None
-        if y is None:
-            raise ValueError(f"this CVAE needs labels: pass y, a (B,) tensor of ints in [0, {self.num_classes})")
-        if y.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise TypeError(f"labels must be integers (torch.int64), got {y.dtype}")
-        if y.device.type == "cpu":  # elsewhere: checked once per dataset, see check_labels
-            check_labels(y, self.num_classes)
-        return F.one_hot(y.long(), self.num_classes).float()
-
-    def check_images(self, x: torch.Tensor) -> None:
-        """Reject what the model cannot read: wrong shape, dtype or value range."""
-        if not torch.is_floating_point(x):
-            raise TypeError(f"images must be float in [0, 1], got {x.dtype}; divide uint8 images by 255")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"images must have shape (B, {', '.join(map(str, self.image_shape))}), got {tuple(x.shape)}"
-            )
-        if (
-            x.device.type == "cpu" and x.numel() and (x.min() < 0 or x.max() > 1)
-        ):  # elsewhere: uint8 data, in [0, 1] by construction
-            raise ValueError(f"image values must be in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        check_labels(y, self.num_classes, len(y) if y is not None else 0)
+        return None if y is None else F.one_hot(y.long(), self.num_classes).float()
 
     def _empty(self, batch_size, device):
         return torch.zeros(batch_size, 0, device=device)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x,y): images (B,C,H,W) in [0, 1] -> mu, logvar, each (B, latent_dim)."""
-        self.check_images(x)
+        check_images(x, self.image_shape)
         onehot = self.one_hot(y)
         return self.encoder(x, self._empty(len(x), x.device) if onehot is None else onehot)
 
@@ -298,11 +225,6 @@ class CVAE(nn.Module):
         """Decoded images x_hat in [0, 1], (B,C,H,W): the mean of p(x|z,y)."""
         return self.likelihood.mean(self.decode_params(z, y))
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mu + sigma * eps with eps ~ N(0, I): differentiable in mu and logvar."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         """Encode, sample z, decode: the course's one model interface (chapters 1-5).
 
@@ -313,7 +235,7 @@ class CVAE(nn.Module):
         """
         mu, logvar = (t.float() for t in self.encode(x, y))
         eps = torch.randn_like(mu)  # (B, D)
-        z = mu + torch.exp(0.5 * logvar) * eps  # the reparameterised sample
+        z = reparameterize(mu, logvar, eps)  # (B, D)
         params = self.decode_params(z, y).float()
         prior = self.prior(y)
         return {
@@ -343,10 +265,9 @@ class CVAE(nn.Module):
         """
         device = next(self.parameters()).device
         labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, device)
-        z = temperature * torch.randn(num_samples, self.latent_dim, device=device)
+        eps = torch.randn(num_samples, self.latent_dim, device=device)  # (N, D)
         prior_mu, prior_logvar = self.prior(labels)
-        if prior_mu is not None:
-            z = prior_mu + torch.exp(0.5 * prior_logvar) * z
+        z = temperature * eps if prior_mu is None else reparameterize(prior_mu, prior_logvar, eps, temperature)
         return decoded_images(self.likelihood, self.decode_params(z, labels), mean)
 
 
@@ -361,7 +282,5 @@ def build_model(**config) -> nn.Module:
     ``arch="hierarchical"`` is the hierarchical CVAE of chapter 4; every other arch a ``CVAE``.
     """
     if config.get("arch") == "hierarchical":
-        from .hierarchical import HierarchicalCVAE  # it imports this module
-
         return HierarchicalCVAE(**config)
     return CVAE(**config)

@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
+from .losses import reparameterize
+
 
 def _to_numpy_grid(images, nrow, padding=2):
     """(N,C,H,W) floats in [0, 1] -> one (H', W', C) array laid out with torchvision."""
@@ -17,6 +19,15 @@ def _show(ax, images, nrow):
     ax.imshow(grid[..., 0] if images.shape[1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def show(fig) -> None:
+    """Display a figure once in a notebook, then close it: the notebook does not draw it a second time,
+    and a page that makes many figures does not keep them all in memory."""
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
 
 
 def image_grid(images, nrow=8, title=None):
@@ -86,8 +97,8 @@ def manifold(model, n=15, span=2.0, label=None, ax=None):
     z = z.to(device)
     y = None if label is None else torch.full((len(z),), label, device=device)
     prior_mu, prior_logvar = model.prior(y) if y is not None else (None, None)
-    if prior_mu is not None:
-        z = prior_mu + torch.exp(0.5 * prior_logvar) * z
+    if prior_mu is not None:  # the grid is in the prior's standard units
+        z = reparameterize(prior_mu, prior_logvar, z)
     images = model.decode(z, y)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 6))
     _show(ax, images, nrow=n)

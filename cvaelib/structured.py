@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .evaluate import log_importance_weights, repeat_batch
-from .losses import GroupStats, elbo_terms, log_mean_exp
-from .models import CVAE
+from .losses import GroupStats, elbo_terms, log_mean_exp, reparameterize
 
 OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015)
 HIDDEN = -1.0  # the value of a hidden pixel in x (see split_quadrants)
@@ -120,7 +119,7 @@ class StructuredCVAE(nn.Module):
         pixels (those of x that are ``HIDDEN``), (B,), and the one latent group q(z|x,y), p(z|x)."""
         mu, logvar = self.encode(x, y)  # q(z|x,y), (B, D) each
         eps = torch.randn_like(mu)
-        params = self.decode_params(mu + torch.exp(0.5 * logvar) * eps, x)  # (B,1,28,28)
+        params = self.decode_params(reparameterize(mu, logvar, eps), x)  # (B,1,28,28)
         mask = (x == HIDDEN).float()  # 1 on the pixels to predict
         return {
             "log_px": masked_log_prob(params, y, mask),
@@ -132,7 +131,7 @@ class StructuredCVAE(nn.Module):
     def predict(self, x, num_samples=1):
         """Draw z ~ p(z|x) and decode: (num_samples, B, 1, 28, 28) pixel means in [0, 1]."""
         mu, logvar = self.prior(x)  # (B, D)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(num_samples, *mu.shape, device=mu.device)  # (S, B, D)
+        z = reparameterize(mu, logvar, torch.randn(num_samples, *mu.shape, device=mu.device))  # (S, B, D)
         xs = x.expand(num_samples, *x.shape)  # (S, B, 1, 28, 28)
         return torch.sigmoid(self.decode_params(z.flatten(0, 1), xs.flatten(0, 1))).view(xs.shape)
 
@@ -182,7 +181,7 @@ def negative_gsnn(model, x, y, num_samples=1):
     ``gsnn_bound_per_image`` (B,), in nats over the missing pixels.
     """
     xs, ys = repeat_batch(x, num_samples), repeat_batch(y, num_samples)  # (S*B,1,28,28)
-    z = CVAE.reparameterize(*model.prior(xs))  # (S*B, D), z ~ p(z|x)
+    z = reparameterize(*model.prior(xs))  # (S*B, D), z ~ p(z|x)
     nll = -masked_log_prob(model.decode_params(z, xs), ys, (xs == HIDDEN).float())  # (S*B,)
     per_image = nll.view(num_samples, -1).mean(0)  # (B,)
     return {"loss": per_image.mean(), "gsnn_bound": per_image.mean(), "gsnn_bound_per_image": per_image}
@@ -221,7 +220,7 @@ def prior_nll(model, x, y, k=100):
     mask = (x == HIDDEN).float()
     log_p = []  # K tensors (B,): one decoded batch per sample
     for _ in range(k):
-        log_p.append(masked_log_prob(model.decode_params(CVAE.reparameterize(mu, logvar), x), y, mask))
+        log_p.append(masked_log_prob(model.decode_params(reparameterize(mu, logvar), x), y, mask))
     log_p = torch.stack(log_p)  # (K, B)
     return -log_mean_exp(log_p, dim=0)
 

@@ -75,9 +75,9 @@ def test_wrong_image_shape_dtype_and_range_are_rejected():
 
 
 def test_labels_required_exactly_when_conditional():
-    with pytest.raises(ValueError, match="this CVAE needs labels"):
+    with pytest.raises(ValueError, match="this model needs labels"):
         CVAE().encode(torch.rand(2, 1, 28, 28))
-    with pytest.raises(ValueError, match="unconditional VAE"):
+    with pytest.raises(ValueError, match="unconditional model"):
         VAE().encode(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="pass labels"):
         CVAE().sample()

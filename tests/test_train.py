@@ -6,7 +6,7 @@ import torch
 
 from cvaelib import CVAE, data, load_checkpoint
 from cvaelib.losses import elbo
-from cvaelib.train import SpeedConfig, TrainConfig, TrainingInterrupted, fit
+from cvaelib.train import SpeedConfig, TrainConfig, TrainingInterrupted, fit, lr_factor
 
 META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
 
@@ -141,9 +141,10 @@ def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupte
 
     x, y, _, _ = mnist_subset
     batches = _batches(x, y, batch_size=10)  # 200 images: 20 steps per epoch
-    speed, config = SpeedConfig(sync_every=3), TrainConfig(seed=5)
+    # a learning-rate warm-up and decay, too: both schedules must go on from the step the run stopped at
+    speed, config = SpeedConfig(sync_every=3), TrainConfig(seed=5, warmup_steps=7, cosine_decay=True)
 
-    def loss():  # a warm-up: the schedule must go on from the step the run stopped at
+    def loss():  # a KL warm-up
         return RemedyLoss(RemedyConfig(schedule="linear", warmup=1.5), steps_per_epoch=len(batches))
 
     torch.manual_seed(0)
@@ -165,6 +166,26 @@ def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupte
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed_history == history
+
+
+def test_the_learning_rate_warms_up_linearly_then_decays_along_a_cosine(mnist_subset):
+    config = TrainConfig(lr=1e-3, warmup_steps=4, cosine_decay=True)
+    total = 20
+    expected = [min(1, (s + 1) / 4) * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(total)]
+    assert [lr_factor(s, total, config) for s in range(total)] == pytest.approx(expected)
+    assert lr_factor(0, total, TrainConfig()) == lr_factor(total - 1, total, TrainConfig()) == 1.0
+
+    x, y, _, _ = mnist_subset
+    model = CVAE(latent_dim=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    seen = []
+
+    def recording(model, x, y):  # the learning rate each step's update will use
+        seen.append(optimizer.param_groups[0]["lr"])
+        return elbo(model, x, y)
+
+    fit(model, recording, _batches(x, y, batch_size=20), 2, optimizer=optimizer, config=config, progress=False)
+    assert seen == pytest.approx([1e-3 * f for f in expected])
 
 
 def test_a_checkpoint_of_another_model_is_refused_not_overwritten(mnist_subset, tmp_path):
@@ -316,6 +337,7 @@ def test_bad_fit_arguments_are_refused(mnist_subset):
         (dict(lr=0), "lr must be a positive"),
         (dict(seed=-1), "seed must be a non-negative"),
         (dict(clip_grad=-1.0), "clip_grad must be a positive"),
+        (dict(warmup_steps=-1), "warmup_steps must be a non-negative integer"),
     ]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**bad)

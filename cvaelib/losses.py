@@ -299,25 +299,29 @@ def log_weight(out: dict) -> torch.Tensor:
     return total
 
 
-def elbo_terms(out: dict, beta: float = 1.0, kl_fn=gaussian_kl) -> dict:
+def elbo_terms(out: dict, beta: float = 1.0, kl_fn=gaussian_kl, recon=None, penalty=None) -> dict:
     """The beta-weighted negative ELBO of one forward pass ``out`` of any model, nats per image (chapters 1, 4).
 
     Returns batch means of ``loss`` = recon + beta * kl, ``recon`` = -log p(x|z), ``kl`` (all groups),
     ``nelbo`` = recon + kl (the true negative ELBO whatever beta is), ``kl_per_dim`` (D,) over all groups
     in order, ``kl_groups`` (G,), and ``nelbo_per_image`` (B,).
     ``kl_fn(mu, logvar, prior_mu, prior_logvar)`` -> (B, D_g) lets a chapter try another KL.
+    A remedy (chapter 4) changes only what the loss charges: ``recon`` (B,) replaces -log p(x|z) (the
+    sigma-VAE's best sigma), and ``penalty(kl_dims)``, from the list of (B, D_g) KLs to (B,), replaces
+    the KL in ``loss`` (free bits, group balancing); ``kl`` and ``nelbo`` stay the true ones.
     """
-    recon = -out["log_px"]  # (B,)
+    recon = -out["log_px"] if recon is None else recon  # (B,)
     kl_dims = [kl_fn(g.mu, g.logvar, g.prior_mu, g.prior_logvar) for g in out["groups"]]  # (B, D_g) each
-    kl_groups = torch.stack([k.sum(1) for k in kl_dims], dim=1)  # (B, G)
-    kl = kl_groups.sum(1)  # (B,)
+    kl_per_dim = torch.cat(kl_dims, dim=1)  # (B, D)
+    kl = kl_per_dim.sum(1)  # (B,)
+    charged = kl if penalty is None else penalty(kl_dims)  # (B,)
     return {
-        "loss": (recon + beta * kl).mean(),
+        "loss": (recon + beta * charged).mean(),
         "recon": recon.mean(),
         "kl": kl.mean(),
         "nelbo": (recon + kl).mean(),
-        "kl_per_dim": torch.cat(kl_dims, dim=1).mean(dim=0),
-        "kl_groups": kl_groups.mean(dim=0),
+        "kl_per_dim": kl_per_dim.mean(dim=0),
+        "kl_groups": torch.stack([k.sum(1) for k in kl_dims], dim=1).mean(dim=0),
         "nelbo_per_image": recon + kl,
     }
 

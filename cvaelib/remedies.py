@@ -6,10 +6,11 @@ a plain function so that the chapter can show and test it alone.
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from .losses import GaussianLikelihood, gaussian_kl
+from .losses import GaussianLikelihood, elbo_terms, gaussian_kl
 
 
 def beta_schedule(kind: str, progress: float, warmup: float = 1.0, cycles: int = 4, ratio: float = 0.5) -> float:
@@ -178,46 +179,43 @@ class RemedyLoss:
             likelihood.log_sigma.copy_(torch.log((self._squared_error / self._count).sqrt().clamp(min=1e-3)))
         return (((x - mean) ** 2) / (2 * sigma**2) + torch.log(sigma) + 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
 
-    def __call__(self, model, x, y=None):
+    def penalty(self, kl_dims: list[torch.Tensor]) -> torch.Tensor:
+        """What the loss charges for the KLs (B, D_g) of the groups, (B,): free bits, or NVAE's balanced
+        groups during the warm-up, or the plain KL."""
         c = self.config
-        out = model(x, y if model.num_classes else None)
-        if c.sigma == "optimal":
-            recon = self._optimal_sigma_recon(model, x, out["params"])
-        else:
-            recon = -out["log_px"]  # (B,)
-        groups = out["groups"]
-        if c.kl_balance is not None:
-            residual = model.residual_posterior  # q's mean is the prior's plus an offset
-            kl_dims = [balanced_kl(*g[:4], c.kl_balance, residual=residual) for g in groups]
-        else:
-            kl_dims = [gaussian_kl(*g[:4]) for g in groups]  # (B, D_g) each
         kl_per_dim = torch.cat(kl_dims, dim=1)  # (B, D)
-        kl = kl_per_dim.sum(1)  # (B,): the true KL, reported
         # The units that free bits and group balancing act on: the given groups of a flat latent, else the
         # model's own latent groups (a hierarchical model), else (free bits) every dimension.
         sizes = c.group_sizes or (tuple(k.shape[1] for k in kl_dims) if len(kl_dims) > 1 else None)
-        weight = c.beta * beta_schedule(c.schedule, self.progress(), c.warmup, c.cycles)
-        if c.group_balance and weight < c.beta:  # NVAE balances only during the warm-up
+        if c.group_balance and self.weight() < c.beta:  # NVAE balances only during the warm-up
             if sizes is None:
                 raise ValueError("group balancing needs several latent groups: group_sizes, or a hierarchical model")
             kl_groups = group_kl(kl_per_dim, sizes)
-            penalty = (kl_groups * group_balance_weights(kl_groups, sizes)).sum(1)
-        elif c.free_bits is not None:
-            penalty = free_bits(kl_per_dim, c.free_bits, sizes)
-        else:
-            penalty = kl
+            return (kl_groups * group_balance_weights(kl_groups, sizes)).sum(1)
+        if c.free_bits is not None:
+            return free_bits(kl_per_dim, c.free_bits, sizes)
+        return kl_per_dim.sum(1)
+
+    def weight(self) -> float:
+        """The KL weight at this step: beta times the schedule."""
+        c = self.config
+        return c.beta * beta_schedule(c.schedule, self.progress(), c.warmup, c.cycles)
+
+    def __call__(self, model, x, y=None):
+        c = self.config
+        out = model(x, y if model.num_classes else None)
+        recon = self._optimal_sigma_recon(model, x, out["params"]) if c.sigma == "optimal" else None
+        kl_fn = gaussian_kl
+        if c.kl_balance is not None:  # a residual posterior: q's mean is the prior's plus an offset
+            kl_fn = partial(balanced_kl, alpha=c.kl_balance, residual=model.residual_posterior)
+        weight = self.weight()
+        terms = elbo_terms(out, weight, kl_fn, recon, self.penalty)
         if model.training:
             self.step += 1
-        parts = {
-            "loss": (recon + weight * penalty).mean(),
-            "recon": recon.mean(),
-            "kl": kl.mean(),
-            "nelbo": (recon + kl).mean(),
-            "beta": recon.new_tensor(weight),
-            "kl_per_dim": kl_per_dim.mean(0),
-        }
-        if len(kl_dims) > 1:  # a hierarchical model's KL per group, recorded in the history of fit
-            parts.update({f"kl_g{i}": k.sum(1).mean() for i, k in enumerate(kl_dims)})
+        parts = {k: terms[k] for k in ("loss", "recon", "kl", "nelbo", "kl_per_dim")}
+        parts["beta"] = terms["recon"].new_tensor(weight)
+        if len(out["groups"]) > 1:  # a hierarchical model's KL per group, recorded in the history of fit
+            parts.update({f"kl_g{i}": k for i, k in enumerate(terms["kl_groups"])})
         return parts
 
 

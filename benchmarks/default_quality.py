@@ -3,7 +3,7 @@
     python benchmarks/default_quality.py --dataset mnist
 
 Trains the command line's default CVAE for the dataset (or resumes it from --out),
-trains the judge (a classifier) on the real training set, draws --n-per-class prior
+loads the course's judge (``cvaelib.judge.load_judge``), draws --n-per-class prior
 samples per class, and prints: training time, test negative ELBO, the judge's accuracy on
 real test images, the judged accuracy of the samples (overall and worst class) and the
 Fréchet distance on the judge's features (samples vs real test images, and real train vs
@@ -20,10 +20,10 @@ import torch
 from cvaelib import data, load_checkpoint
 from cvaelib.cli import main as cli
 from cvaelib.evaluate import negative_elbo
-from cvaelib.judge import classifier_accuracy, frechet_distance, judge_samples, train_classifier
+from cvaelib.judge import classifier_accuracy, frechet_distance, judge_samples, load_judge
 
 
-def run(dataset, out, epochs=None, subset=None, n_per_class=500, classifier_epochs=2, test_size=None, device="cpu"):
+def run(dataset, out, epochs=None, subset=None, n_per_class=500, test_size=None, device="cpu"):
     args = ["train", "--dataset", dataset, "--out", str(out), "--device", device, "--no-progress"]
     args += [] if epochs is None else ["--epochs", str(epochs)]
     args += [] if subset is None else ["--subset", str(subset)]
@@ -36,9 +36,7 @@ def run(dataset, out, epochs=None, subset=None, n_per_class=500, classifier_epoc
     xt, yt = xt[:test_size], yt[:test_size]
     if subset is not None:
         x, y = data.stratified_subset(x, y, subset)
-    start = time.time()
-    judge, _ = train_classifier(x, y, num_epochs=classifier_epochs, device=device, progress=False)
-    judge_seconds = time.time() - start
+    judge, _ = load_judge(dataset, device)
 
     model = load_checkpoint(out, device)
     torch.manual_seed(0)
@@ -52,7 +50,6 @@ def run(dataset, out, epochs=None, subset=None, n_per_class=500, classifier_epoc
         "epochs": model.meta["epoch"],
         "train_seconds": round(train_seconds, 1),
         "test_negative_elbo_nats": round(negative_elbo(model, data.Batches(xt, yt, 1000, shuffle=False))["nelbo"], 2),
-        "judge_seconds": round(judge_seconds, 1),
         "judge_real_test_accuracy": round(classifier_accuracy(judge, xt, yt), 4),
         "judged_accuracy": round(verdict["accuracy"], 4),
         "worst_class": data.class_names(dataset)[int(verdict["per_class"].argmin())],
@@ -69,7 +66,6 @@ def main(argv=None):
     p.add_argument("--epochs", type=int)
     p.add_argument("--subset", type=int, help="images per class (for a quick check)")
     p.add_argument("--n-per-class", type=int, default=500)
-    p.add_argument("--classifier-epochs", type=int, default=2)
     p.add_argument("--test-size", type=int, help="judge against the first N test images (default all)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -79,7 +75,6 @@ def main(argv=None):
         a.epochs,
         a.subset,
         a.n_per_class,
-        a.classifier_epochs,
         a.test_size,
         a.device,
     )

@@ -25,7 +25,7 @@ from cvaelib import data
 from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.cli import default_settings
 from cvaelib.diagnostics import diagnose
-from cvaelib.judge import Classifier, classifier_accuracy, judge_samples, train_classifier
+from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
 from cvaelib.provenance import provenance
@@ -68,21 +68,6 @@ def evaluate_point(model, loss, test_batches) -> dict:
     if groups:
         point["test_kl_groups_nats"] = [round(parts[k], 2) for k in groups]
     return point
-
-
-def load_or_train_judge(images, labels, epochs, runs, per_class=None):
-    """The course's judge trained on the real training images, kept in ``runs`` (weights only) for later runs."""
-    path = runs / f"judge_{epochs}_epochs_{per_class or 'all'}.pt"
-    if per_class is not None:
-        images, labels = data.stratified_subset(images, labels, per_class)
-    judge = Classifier((3, 32, 32))
-    if path.exists():
-        judge.load_state_dict(torch.load(path, weights_only=True))
-        return judge.eval()
-    seed_everything(0)
-    judge, _ = train_classifier(images, labels, num_epochs=epochs, seed=0, progress=False)
-    torch.save(judge.state_dict(), path)
-    return judge.eval()
 
 
 def race(name, settings, train_images, train_labels, test_batches, minutes, eval_every, runs, num_epochs=10_000):
@@ -155,8 +140,6 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=60.0, help="training minutes per model")
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between two test points")
     p.add_argument("--test-images", type=int, default=2000, help="test images of the curve and the final figures")
-    p.add_argument("--judge-epochs", type=int, default=10)
-    p.add_argument("--judge-per-class", type=int, help="train the judge on this many images per class (all)")
     p.add_argument("--per-class", type=int, default=100, help="prior samples per class for the judge")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
     p.add_argument("--size", default="small", help="the hierarchical model's size preset")
@@ -169,7 +152,7 @@ def main(argv=None):
     train_images, train_labels = data.load("cifar10", "train")
     test_images, test_labels = data.load("cifar10", "test")
     test_batches = data.Batches(test_images[: args.test_images], test_labels[: args.test_images], 250, shuffle=False)
-    judge = load_or_train_judge(train_images, train_labels, args.judge_epochs, args.runs, args.judge_per_class)
+    judge, _ = load_judge("cifar10")
     real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
     print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
 

@@ -24,13 +24,13 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script or loaded by the tests
-from hierarchical_vs_single import UNSET, load_or_train_judge, race, start_record  # noqa: E402
+from hierarchical_vs_single import UNSET, race, start_record  # noqa: E402
 
 from cvaelib import data  # noqa: E402
 from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.cli import default_settings  # noqa: E402
 from cvaelib.diagnostics import compare  # noqa: E402
-from cvaelib.judge import classifier_accuracy, frechet_distance  # noqa: E402
+from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge  # noqa: E402
 from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
 
 
@@ -45,8 +45,6 @@ def main(argv=None) -> dict:
     p.add_argument("--size", default="small", help="the hierarchical model's size preset")
     p.add_argument("--test-images", type=int, default=1000)
     p.add_argument("--stats-images", type=int, default=500, help="test images of the diagnosis")
-    p.add_argument("--judge-epochs", type=int, default=10)
-    p.add_argument("--judge-per-class", type=int, help="train the judge on this many images per class (all)")
     p.add_argument("--samples-per-class", type=int, default=100, help="prior samples per class for the judge")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
     p.add_argument("--only", nargs="+", help="train only these remedies")
@@ -62,7 +60,7 @@ def main(argv=None) -> dict:
     n = min(args.test_images, 5000)
     test_batches = data.Batches(test_images[:n], test_labels[:n], 250, shuffle=False)
     real_ref = data.stratified_subset(test_images[5000:], test_labels[5000:], args.samples_per_class)[0].float() / 255
-    judge = load_or_train_judge(all_images, all_labels, args.judge_epochs, args.runs, args.judge_per_class)
+    judge, _ = load_judge("cifar10")
     real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
     print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
 

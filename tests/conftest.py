@@ -67,6 +67,14 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture
+def real_data(data_root):
+    """The real datasets' folder; tests that score the shipped judges on real test images need it."""
+    if not _has_real_data(data_root):
+        pytest.skip("needs the real datasets ($CVAELIB_DATA): the shipped judges are checked on real test images")
+    return data_root
+
+
+@pytest.fixture
 def mnist_subset(data_root):
     """20 MNIST training images per class, and 500 test images."""
     x, y = data.load("mnist", "train", data_root)

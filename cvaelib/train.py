@@ -243,10 +243,11 @@ class _EpochTotals:
 
     def __init__(self, epoch, checkpoint, device=None):
         self.epoch, self.checkpoint, self.device = epoch, checkpoint, device
-        self.names, self.pending, self.totals, self.n, self.steps = None, [], 0.0, 0, 0
+        self.names, self.pending, self.totals, self.n, self.steps, self.skipped = None, [], 0.0, 0, 0, 0
 
-    def add(self, parts, model, size):
+    def add(self, parts, model, size, skipped=0):
         self.names = self.names or list(parts)
+        self.skipped += skipped
         flags = [parts[k].detach().float() for k in self.names] + [_all_finite(model).float()]
         self.pending.append((torch.stack(flags), size))  # (parts + 1,): no host sync here
         self.n += size
@@ -296,10 +297,14 @@ class _EpochTotals:
 
     def state(self) -> dict:
         """The flushed totals so far, as tensors and plain values (a checkpoint of a run stopped mid-epoch)."""
-        return {"names": self.names, "totals": torch.as_tensor(self.totals), "n": self.n, "steps": self.steps}
+        totals = torch.as_tensor(self.totals)
+        return {"names": self.names, "totals": totals, "n": self.n, "steps": self.steps, "skipped": self.skipped}
 
-    def restore(self, state: dict) -> None:
-        self.names, self.totals, self.n, self.steps = state["names"], state["totals"], state["n"], state["steps"]
+    def restore(self, state: dict, rank: int) -> None:
+        self.names, self.steps, self.skipped = state["names"], state["steps"], state["skipped"]
+        self.totals, self.n = state["totals"], state["n"]
+        if rank:  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
+            self.totals, self.n = torch.zeros_like(self.totals), 0
 
 
 @torch.no_grad()
@@ -317,18 +322,172 @@ def evaluate_loss(model: nn.Module, loss_fn, batches, device) -> dict:
     return {k: v / n for k, v in totals.items()}
 
 
-def _resume(checkpoint, meta, model, optimizer):
-    """Load a saved run into ``model`` and ``optimizer``; its history and the epoch to start from."""
-    state = read_checkpoint(checkpoint)
-    if meta is not None and state.get("meta") != meta:  # never resume (and overwrite) another run
-        raise ValueError(
-            f"{checkpoint} holds a checkpoint of another model or setting; "
-            "choose another checkpoint path, or delete it to start over"
+class _SavedRun:
+    """A run's checkpoint as one object: what ``fit`` needs to go on (model, optimizer, history, epoch, the
+    state of an epoch stopped mid-way, random state), saved by rank 0 and read by every process."""
+
+    def __init__(self, path, meta, model, optimizer, num_epochs, steps_per_epoch):
+        self.path, self.meta, self.model, self.optimizer = path, meta, model, optimizer
+        self.num_epochs, self.steps_per_epoch = num_epochs, steps_per_epoch
+
+    def load(self) -> tuple[list, int, dict | None]:
+        """(history, epochs done, the next epoch's partial state or None); nothing saved yet: ([], 0, None)."""
+        if self.path is None or not Path(self.path).exists():
+            return [], 0, None
+        state = read_checkpoint(self.path)
+        if self.meta is not None and state.get("meta") != self.meta:  # never resume (and overwrite) another run
+            raise ValueError(
+                f"{self.path} holds a checkpoint of another model or setting; "
+                "choose another checkpoint path, or delete it to start over"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        return state["history"], state["epoch"], state.get("partial")
+
+    def save(self, history: list, epoch: int, partial: dict | None = None) -> None:
+        """The checkpoint after ``epoch`` whole epochs (and, stopped mid-epoch, the next one's ``partial`` state)."""
+        if self.path is None or _rank() != 0:
+            return
+        save_checkpoint(
+            self.path,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            history=history,
+            epoch=epoch,
+            partial=partial,
+            rng=_rng_state(),
+            meta=self.meta or {},
+            num_epochs=self.num_epochs,  # the epochs asked for, and the steps in each: how far a run got
+            steps_per_epoch=self.steps_per_epoch,
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"])
-    return state["history"], state["epoch"], state.get("partial")
+
+
+class _Updater:
+    """``optimizer.step()`` with the options of a ``TrainConfig``: clipping, skipping an update whose gradient
+    norm is not finite or above ``skip_grad_norm`` (VDVAE), and the learning-rate schedule, which is a
+    function of the step alone, so a resumed run picks it up at the step it stopped at."""
+
+    def __init__(self, model, optimizer, config: TrainConfig, total_steps: int, steps_done: int):
+        self.model, self.optimizer, self.config = model, optimizer, config
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # saved with the optimizer, so a resumed run has it too
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps, config), last_epoch=steps_done - 1
+        )
+
+    def __call__(self) -> int:
+        """Update the weights; 1 if the update was skipped, else 0."""
+        skipped = 0
+        c = self.config
+        if c.clip_grad is None and c.skip_grad_norm is None:
+            self.optimizer.step()
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad or math.inf)
+            # one host sync per step, as VDVAE pays for it
+            if c.skip_grad_norm is not None and (not math.isfinite(float(norm)) or float(norm) > c.skip_grad_norm):
+                skipped = 1
+            else:
+                self.optimizer.step()
+        self.schedule.step()
+        return skipped
+
+
+class _StopRule:
+    """When ``fit`` stops before ``num_epochs``: a first Ctrl-C (``interrupt``, after the step in progress), or
+    ``max_minutes`` of training, decided by rank 0 so that every process stops at the same step."""
+
+    def __init__(self, interrupt: threading.Event, max_minutes: float | None, device):
+        self.interrupt, self.max_minutes, self.device = interrupt, max_minutes, device
+        self.started = time.monotonic()
+
+    def out_of_time(self) -> bool:
+        late = self.max_minutes is not None and time.monotonic() - self.started > 60 * self.max_minutes
+        return self.max_minutes is not None and _rank0_decides(late, self.device)
+
+
+def _runnable(model: nn.Module, device: torch.device, speed: SpeedConfig):
+    """The model as ``loss_fn`` calls it: under DDP, a module whose call is DDP's forward (which averages
+    the gradients over the processes in backward); compiled with ``speed.compile``."""
+    run = model
+    if _world_size() > 1:  # broadcasts rank 0's parameters
+        run = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" and device.index is not None else None
+        )
+    # A compiled module shares its parameters with ``model`` and passes attributes through.
+    run = torch.compile(run) if speed.compile else run
+    return _DistributedForward(run, model) if _world_size() > 1 else run
+
+
+def train_step(run, loss_fn, x, y, optimizer, update, bf16: bool = False) -> tuple[dict, int]:
+    """One training step of ``fit``, the usual PyTorch step (chapter 1): the loss and its parts, clear the old
+    gradients, backpropagate, update the weights. Returns the scalar loss parts, and 1 if ``update``
+    (``optimizer.step()`` with clipping and the learning-rate schedule) skipped the update, else 0."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        parts = _scalars(loss_fn(run, x, y))
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    return parts, update()
+
+
+def _start_epoch(epoch: int, done: int, train_batches, loss_fn, seed: int) -> None:
+    """Fix the shuffling and the KL schedule of ``epoch``, which starts at step ``done`` (a resumed run)."""
+    if hasattr(train_batches, "set_epoch"):  # seeded shuffling
+        train_batches.set_epoch(epoch)
+    if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
+        loss_fn.set_epoch(epoch, done) if done else loss_fn.set_epoch(epoch)
+    # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
+    if _world_size() > 1:
+        torch.manual_seed(_rank_seed(seed, epoch, _rank()) + done)
+
+
+def _train_epoch(run, model, loss_fn, batches, totals, optimizer, update, speed, device, bar, stop) -> bool:
+    """Train one epoch from step ``totals.steps`` on; its loss parts go to ``totals``. True if it stopped
+    before its end (Ctrl-C, or ``max_minutes`` within ``speed.sync_every`` steps), False at its end."""
+    model.train()
+    for x, y in itertools.islice(batches, totals.steps, None):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if speed.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        parts, skipped = train_step(run, loss_fn, x, y, optimizer, update, speed.bf16)
+        totals.add(parts, model, len(x), skipped)
+        bar.update()
+        if stop.interrupt.is_set() and totals.steps + len(totals.pending) < len(batches):
+            totals.flush()
+            return True
+        if len(totals.pending) == speed.sync_every:
+            totals.flush()
+            bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
+            if stop.out_of_time() and totals.steps < len(batches):
+                return True
+    totals.flush()
+    return False
+
+
+def _epoch_record(epoch, totals, model, loss_fn, test_batches, config, speed, device) -> dict:
+    """The history entry of a finished epoch: train means over every process, skipped updates, test means."""
+    totals.reduce()
+    record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
+    if config.skip_grad_norm is not None:
+        record["skipped_updates"] = totals.skipped
+    if test_batches is not None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
+            record.update({f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()})
+    return record
+
+
+def _check_fit(num_epochs, max_minutes, train_batches) -> None:
+    if not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
+    _check_positive("max_minutes", max_minutes)
+    if len(train_batches) == 0:
+        raise ValueError("the training set gives no batches: it is empty, or smaller than one batch with drop_last")
+    world = _world_size()
+    if world > 1 and getattr(train_batches, "world_size", world) != world:
+        raise ValueError(
+            f"train_batches are shared among {train_batches.world_size} processes, but {world} are training: "
+            f"build them with data.Batches(..., rank={_rank()}, world_size={world})"
+        )
 
 
 def fit(
@@ -370,164 +529,56 @@ def fit(
     epoch and rank), and only rank 0 shows progress and writes the checkpoint; every process resumes
     from it. ``max_minutes`` and a divergence stop all processes after the same epoch, or at the same step.
     """
-    if not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
-    _check_positive("max_minutes", max_minutes)
-    if len(train_batches) == 0:
-        raise ValueError("the training set gives no batches: it is empty, or smaller than one batch with drop_last")
-    world, rank = _world_size(), _rank()
-    if world > 1 and getattr(train_batches, "world_size", world) != world:
-        raise ValueError(
-            f"train_batches are shared among {train_batches.world_size} processes, but {world} are training: "
-            f"build them with data.Batches(..., rank={rank}, world_size={world})"
-        )
-    progress = progress and rank == 0  # the other processes are quiet
-    if checkpoint is not None and rank == 0:  # only rank 0 writes it
+    _check_fit(num_epochs, max_minutes, train_batches)
+    progress = progress and _rank() == 0  # the other processes are quiet
+    if checkpoint is not None and _rank() == 0:  # only rank 0 writes it
         check_writable(checkpoint)
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
-    history, start, partial = [], 0, None
     seed_everything(config.seed)
-    if checkpoint is not None and Path(checkpoint).exists():
-        history, start, partial = _resume(checkpoint, meta, model, optimizer)
-    # The schedule is a function of the step alone: a resumed run picks it up at the step it stopped at.
-    total_steps = num_epochs * len(train_batches)
-    steps_done = start * len(train_batches) + (partial["steps"] if partial is not None else 0)
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])  # saved with the optimizer, so a resumed run has it too
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, config), last_epoch=steps_done - 1
-    )
-    run = model
-    if world > 1:  # broadcasts rank 0's parameters; its backward averages the gradients
-        run = DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" and device.index is not None else None
-        )
-    # A compiled module shares its parameters with ``model`` and passes attributes through.
-    run = torch.compile(run) if speed.compile else run
-    if world > 1:
-        run = _DistributedForward(run, model)
-    started = time.monotonic()
-
-    def to_device(x, y):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return (x.contiguous(memory_format=torch.channels_last) if speed.channels_last and x.dim() == 4 else x), y
-
-    def losses(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
-            return _scalars(loss_fn(run, x, y))
-
-    def step_update():
-        """Clip, and skip an update whose gradient norm is non-finite or above skip_grad_norm; 1 if skipped."""
-        if config.clip_grad is None and config.skip_grad_norm is None:
-            optimizer.step()
-            return 0
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad or math.inf)
-        if config.skip_grad_norm is not None:  # one host sync per step, as VDVAE pays for it
-            if not math.isfinite(float(norm)) or float(norm) > config.skip_grad_norm:
-                return 1
-        optimizer.step()
-        return 0
-
-    def update():
-        skipped = step_update()
-        schedule.step()
-        return skipped
-
-    def save(epoch, partial=None):
-        """The checkpoint after ``epoch`` whole epochs (and, stopped mid-epoch, the next one's ``partial`` state)."""
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(
-                checkpoint,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                history=history,
-                epoch=epoch,
-                partial=partial,
-                rng=_rng_state(),
-                meta=meta or {},
-                num_epochs=num_epochs,  # the epochs asked for, and the steps in each: how far a run got
-                steps_per_epoch=len(train_batches),
-            )
-
-    def out_of_time():
-        return max_minutes is not None and _rank0_decides(time.monotonic() - started > 60 * max_minutes, device)
-
-    def stopped_after(where):
-        if progress:
-            again = f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""
-            tqdm.write(f"stopped after {max_minutes:g} minutes, {where} of {num_epochs}{again}")
-
+    steps = len(train_batches)
+    saved = _SavedRun(checkpoint, meta, model, optimizer, num_epochs, steps)
+    history, start, partial = saved.load()
+    steps_done = start * steps + (partial["steps"] if partial is not None else 0)
+    update = _Updater(model, optimizer, config, num_epochs * steps, steps_done)
+    run = _runnable(model, device, speed)
     # One bar for the whole training, kept when done: a notebook page shows how the run went, and a
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
-    bar = tqdm(total=num_epochs * len(train_batches), initial=steps_done, disable=not progress, unit="step")
+    bar = tqdm(total=num_epochs * steps, initial=steps_done, disable=not progress, unit="step")
     with _first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
+        stop = _StopRule(interrupt, max_minutes, device)
         for epoch in range(start, num_epochs):
-            # A run stopped mid-epoch by max_minutes goes on at its next step, with the epoch's totals so far.
-            done = partial["steps"] if partial is not None and epoch == start else 0
-            if hasattr(train_batches, "set_epoch"):  # seeded shuffling
-                train_batches.set_epoch(epoch)
-            if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
-                if done:
-                    loss_fn.set_epoch(epoch, done)
-                else:
-                    loss_fn.set_epoch(epoch)
-            # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
-            if world > 1:
-                torch.manual_seed(_rank_seed(config.seed, epoch, rank) + done)
-            model.train()
-            totals, skipped = _EpochTotals(epoch, checkpoint, device), 0
-            if done:
-                totals.restore(partial)
-                skipped = partial["skipped"]
-                # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
-                if rank:
-                    totals.totals, totals.n = torch.zeros_like(totals.totals), 0
+            totals = _EpochTotals(epoch, checkpoint, device)
+            if partial is not None and epoch == start:  # a run stopped mid-epoch goes on at its next step
+                totals.restore(partial, _rank())
+            _start_epoch(epoch, totals.steps, train_batches, loss_fn, config.seed)
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            stopped = False
-            for x, y in itertools.islice(train_batches, done, None):
-                x, y = to_device(x, y)
-                parts = losses(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                skipped += update()
-                totals.add(parts, model, len(x))
-                bar.update()
-                if interrupt.is_set() and totals.steps + len(totals.pending) < len(train_batches):
-                    stopped = True
-                    break
-                if len(totals.pending) == speed.sync_every:
-                    totals.flush()
-                    bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
-                    if out_of_time() and totals.steps < len(train_batches):
-                        stopped = True
-                        break
-            totals.flush()
-            if stopped:  # mid-epoch: save where we are; the same call again goes on from this step
-                save(epoch, {**totals.state(), "skipped": skipped})
+            if _train_epoch(run, model, loss_fn, train_batches, totals, optimizer, update, speed, device, bar, stop):
+                saved.save(history, epoch, totals.state())  # the same call again goes on from this step
                 if interrupt.is_set():
-                    raise TrainingInterrupted(epoch + 1, totals.steps, len(train_batches), checkpoint)
-                stopped_after(f"at step {totals.steps} of epoch {epoch + 1}")
+                    raise TrainingInterrupted(epoch + 1, totals.steps, steps, checkpoint)
+                _say_stopped(
+                    progress, max_minutes, f"at step {totals.steps} of epoch {epoch + 1}", num_epochs, checkpoint
+                )
                 break
-            totals.reduce()
-            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
-            if config.skip_grad_norm is not None:
-                record["skipped_updates"] = skipped
-            if test_batches is not None:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
-                    record.update(
-                        {f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()}
-                    )
-            history.append(record)
+            history.append(_epoch_record(epoch, totals, model, loss_fn, test_batches, config, speed, device))
             if progress:
-                tqdm.write("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-            save(epoch + 1)
+                tqdm.write(
+                    "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in history[-1].items())
+                )
+            saved.save(history, epoch + 1)
             if interrupt.is_set():
-                raise TrainingInterrupted(epoch + 1, len(train_batches), len(train_batches), checkpoint)
-            if epoch + 1 < num_epochs and out_of_time():
-                stopped_after(f"at the end of epoch {epoch + 1}")
+                raise TrainingInterrupted(epoch + 1, steps, steps, checkpoint)
+            if epoch + 1 < num_epochs and stop.out_of_time():
+                _say_stopped(progress, max_minutes, f"at the end of epoch {epoch + 1}", num_epochs, checkpoint)
                 break
     return history
+
+
+def _say_stopped(progress, max_minutes, where, num_epochs, checkpoint) -> None:
+    if progress:
+        again = f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""
+        tqdm.write(f"stopped after {max_minutes:g} minutes, {where} of {num_epochs}{again}")

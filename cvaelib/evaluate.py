@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .interface import labels_for
 from .losses import (
     LOG_2PI,
     MIN_LOGVAR,
@@ -24,10 +25,6 @@ from .losses import (
     log_weight,
     reparameterize,
 )
-
-
-def _labels(model, y):
-    return y if model.num_classes else None
 
 
 def _model_device(model):
@@ -86,7 +83,7 @@ def iwae_bound(model: nn.Module, batches, k: int = 100) -> float:
     model.eval()
     device, total, n = _model_device(model), 0.0, 0
     for x, y in batches:
-        x, y = x.to(device), _labels(model, y.to(device))
+        x, y = x.to(device), labels_for(model, y.to(device))
         log_w = log_importance_weights(model, x, y, k)  # (K, B)
         total += float(-log_mean_exp(log_w, 0).sum())
         n += len(x)
@@ -104,7 +101,7 @@ def gather_groups(model: nn.Module, batches, max_images: int | None = None) -> t
     for x, y in batches:
         if max_images is not None and n >= max_images:
             break
-        x, y = x.to(device), _labels(model, y.to(device))
+        x, y = x.to(device), labels_for(model, y.to(device))
         passes.append(model(x, y)["groups"])
         labels.append(y)
         n += len(x)
@@ -260,7 +257,7 @@ def expected_seconds(model: nn.Module, batches, k: int) -> float:
     model.eval()
     device = _model_device(model)
     x, y = next(iter(batches))
-    x, y = x.to(device), _labels(model, y.to(device))
+    x, y = x.to(device), labels_for(model, y.to(device))
     start = time.perf_counter()
     model(x, y)
     return (time.perf_counter() - start) * (1 + k) * len(batches)
@@ -278,7 +275,7 @@ def report(model: nn.Module, batches, k: int = 100, progress: bool = True, stats
     device, n, passes, labels = _model_device(model), 0, [], []
     totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0, "kl_per_dim": 0.0, "kl_groups": 0.0}
     for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
-        x, y = x.to(device), _labels(model, y.to(device))
+        x, y = x.to(device), labels_for(model, y.to(device))
         out = model(x, y)
         parts = elbo_terms(out)
         log_w = log_importance_weights(model, x, y, k)  # (K, B)

@@ -14,6 +14,12 @@ import torch
 LABEL_DTYPES = (torch.int64, torch.int32, torch.uint8)
 
 
+def labels_for(model, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels to hand ``model``: ``y`` for a conditional model, None for an unconditional one, so that one
+    training or evaluation loop over labelled batches serves both."""
+    return y if model.num_classes else None
+
+
 def check_images(x: torch.Tensor, image_shape: tuple[int, int, int]) -> None:
     """Images must be float (B, C, H, W) of the model's shape, with values in [0, 1] (checked on a CPU)."""
     if not torch.is_floating_point(x):

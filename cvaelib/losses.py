@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
+from .interface import labels_for
+
 LOG_2PI = math.log(2 * math.pi)
 MIN_LOGVAR = -30.0  # below it exp(logvar) underflows and (z - mu)^2 / var becomes 0/0
 
@@ -330,4 +332,4 @@ def elbo(model, x, y=None, beta=1.0, kl_fn=gaussian_kl):
     """The beta-weighted negative ELBO and its parts, in nats per image (chapter 1): ``elbo_terms`` of
     ``model(x, y)``. A VAE (``model.num_classes == 0``) ignores ``y``, so one loop trains both.
     """
-    return elbo_terms(model(x, y if model.num_classes else None), beta, kl_fn)
+    return elbo_terms(model(x, labels_for(model, y)), beta, kl_fn)

@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 
+from .interface import labels_for
 from .losses import GaussianLikelihood, elbo_terms, gaussian_kl
 
 
@@ -203,7 +204,7 @@ class RemedyLoss:
 
     def __call__(self, model, x, y=None):
         c = self.config
-        out = model(x, y if model.num_classes else None)
+        out = model(x, labels_for(model, y))
         recon = self._optimal_sigma_recon(model, x, out["params"]) if c.sigma == "optimal" else None
         kl_fn = gaussian_kl
         if c.kl_balance is not None:  # a residual posterior: q's mean is the prior's plus an offset

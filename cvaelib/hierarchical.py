@@ -234,7 +234,7 @@ class HierarchicalCVAE(nn.Module):
         # (B,w,r,r) + (B,w,1,1): the label's embedding for this resolution, broadcast over the map
         return h if y is None else h + self.label_embeddings[level](y.long())[:, :, None, None]
 
-    def _bottom_up(self, x):
+    def bottom_up(self, x):
         """Encoder activations {r: (B,w_r,r,r)} for every latent resolution r."""
         top = len(self.resolutions)
         h = self.encoder[top](self.stem(F.pad(x, [self.pad] * 4)))  # (B,C,32,32) -> (B,w,32,32)
@@ -248,7 +248,7 @@ class HierarchicalCVAE(nn.Module):
         # 1x1 width change, then nearest upsampling (they commute; cheaper in this order): (B,w,r,r) -> (B,w',2r,2r)
         return F.interpolate(self.up[i - 1](h), scale_factor=2, mode="nearest")
 
-    def _top_down(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0):
+    def top_down(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0):
         """The decoder: learned constant -> groups, lowest resolution first -> params (B,P,H,W), group stats."""
         h, stats, g = self.h0.expand(batch_size, -1, -1, -1), [], 0  # (1,w,r0,r0) -> (B,w,r0,r0)
         for i, (r, groups) in enumerate(zip(self.resolutions, self.groups, strict=True)):
@@ -281,7 +281,7 @@ class HierarchicalCVAE(nn.Module):
             raise ValueError(
                 f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
             )
-        params, groups = self._top_down(y, len(x), self._bottom_up(x), prior_groups)
+        params, groups = self.top_down(y, len(x), self.bottom_up(x), prior_groups)
         return {
             "params": params,
             "x_hat": self.likelihood.mean(params),
@@ -305,5 +305,5 @@ class HierarchicalCVAE(nn.Module):
         temperature 0 the image is a deterministic function of the label.
         """
         labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, self.h0.device)
-        params, _ = self._top_down(labels, num_samples, temperature=temperature)
+        params, _ = self.top_down(labels, num_samples, temperature=temperature)
         return decoded_images(self.likelihood, params, mean)

@@ -126,7 +126,8 @@ class LatentGroup(nn.Module):
             dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
             mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
             z = reparameterize(prior_mu, prior_logvar, eps) if from_prior else reparameterize(mu, logvar, eps)
-            stats = GroupStats(*(t.flatten(1) for t in (mu, logvar, prior_mu, prior_logvar, eps)))  # (B,Z*r*r) each
+            # (B,Z*r*r) each, in float32 under bfloat16 autocast too: the KL keeps its digits
+            stats = GroupStats(*(t.flatten(1).float() for t in (mu, logvar, prior_mu, prior_logvar, eps)))
         return self.block(h + update + self.z_proj(z)), stats
 
 
@@ -282,6 +283,7 @@ class HierarchicalCVAE(nn.Module):
                 f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
             )
         params, groups = self.top_down(y, len(x), self.bottom_up(x), prior_groups)
+        params = params.float()  # the likelihood in float32 under bfloat16 autocast too (a no-op in float32)
         return {
             "params": params,
             "x_hat": self.likelihood.mean(params),

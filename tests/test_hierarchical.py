@@ -5,7 +5,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from cvaelib.hierarchical import HierarchicalCVAE
-from cvaelib.losses import gaussian_kl
+from cvaelib.losses import elbo_terms, gaussian_kl
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -411,3 +411,17 @@ def test_command_line_refuses_options_of_the_other_architectures(data_root, tmp_
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", "x.pt", "--out", "s.npz", "--temperature", "-1"])
     assert "--temperature: must be a non-negative number" in capsys.readouterr().err
+
+
+def test_under_bf16_autocast_the_likelihood_and_the_kl_stay_in_float32():
+    model = tiny().eval()
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    torch.manual_seed(1)
+    fp32 = elbo_terms(model(x, y))["nelbo_per_image"]
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, y)
+    assert out["params"].dtype == out["log_px"].dtype == torch.float32  # what the likelihood reads
+    assert all(t.dtype == torch.float32 for g in out["groups"] for t in g)
+    torch.testing.assert_close(elbo_terms(out)["nelbo_per_image"], fp32, rtol=0.01, atol=0)

@@ -210,3 +210,11 @@ def test_rate_distortion_runs_and_resumes(data_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         module.main(["--betas", "2", "4"])  # no beta = 1: refused before any work
     assert "include 1" in capsys.readouterr().err
+
+
+def test_hierarchy_speed_runs(data_root, capsys):
+    from cvaelib.train import bf16_is_fast
+
+    rows = _load("hierarchy_speed").main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4"])
+    assert len(rows) == (4 if bf16_is_fast("cpu") else 2) and all(r["images_per_s"] > 0 for r in rows)
+    assert "| float32 | contiguous | no | 4 |" in capsys.readouterr().out

@@ -25,9 +25,9 @@ from cvaelib.remedies import RemedyConfig, RemedyLoss
 from cvaelib.train import SpeedConfig, TrainConfig, bf16_is_fast, fit
 
 
-def images_per_second(images, labels, batch_size, speed, steps, warmup) -> float:
+def images_per_second(images, labels, size, batch_size, speed, steps, warmup) -> float:
     torch.manual_seed(0)
-    model = HierarchicalCVAE(size="small")
+    model = HierarchicalCVAE(size=size)
     batches = data.Batches(images[: batch_size * (steps + warmup)], labels[: batch_size * (steps + warmup)], batch_size)
     loss = RemedyLoss(RemedyConfig(schedule="linear", warmup=1.0), steps_per_epoch=len(batches))
     config = TrainConfig(clip_grad=2e5, skip_grad_norm=2e6)
@@ -48,6 +48,7 @@ def main(argv=None) -> list:
     p.add_argument("--steps", type=int, default=8, help="timed training steps per setting")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocations, compilation)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    p.add_argument("--size", default="small", help="the hierarchy's size preset (tiny: a test)")
     a = p.parse_args(argv)
     if a.steps < 2 or a.warmup < 1:
         p.error("--steps must be at least 2 and --warmup at least 1")
@@ -60,7 +61,7 @@ def main(argv=None) -> list:
         precisions, [False, True], compiles, a.batch_sizes
     ):
         speed = SpeedConfig(bf16=bf16, channels_last=channels_last, compile=compiled)
-        rate = images_per_second(images, labels, batch_size, speed, a.steps, a.warmup)
+        rate = images_per_second(images, labels, a.size, batch_size, speed, a.steps, a.warmup)
         rows.append(
             {
                 "bf16": bf16,

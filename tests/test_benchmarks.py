@@ -215,6 +215,6 @@ def test_rate_distortion_runs_and_resumes(data_root, tmp_path, capsys):
 def test_hierarchy_speed_runs(data_root, capsys):
     from cvaelib.train import bf16_is_fast
 
-    rows = _load("hierarchy_speed").main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4"])
+    rows = _load("hierarchy_speed").main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--size", "tiny"])
     assert len(rows) == (4 if bf16_is_fast("cpu") else 2) and all(r["images_per_s"] > 0 for r in rows)
     assert "| float32 | contiguous | no | 4 |" in capsys.readouterr().out

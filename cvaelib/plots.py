@@ -6,6 +6,7 @@ import torch
 from torchvision.utils import make_grid
 
 from .losses import reparameterize
+from .structured import show_input, split_quadrants
 
 
 def _to_numpy_grid(images, nrow, padding=2):
@@ -209,3 +210,32 @@ def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return Markdown("\n".join(lines))
+
+
+def completion_figure(images, num_given, baseline, cvae, num_samples=3, title=None):
+    """Rows Inputs / Truth / NN / CVAE samples for the same digits (chapter 5); returns a Figure.
+
+    Predictions fill the missing quadrants only; the given ones are copied from the input.
+    """
+    device = next(baseline.parameters()).device
+    x, y, mask = split_quadrants(images.to(device), num_given)  # (N,1,28,28) each
+
+    def keep(y_hat):  # given pixels from x, predicted ones from y_hat
+        return x * (1 - mask) + y_hat * mask
+
+    rows = [("Inputs", show_input(x)), ("Truth", images.to(device)), ("NN", keep(baseline.predict(x)))]
+    samples = cvae.predict(x, num_samples)  # (S, N, 1, 28, 28)
+    rows += [(f"CVAE sample {s + 1}", keep(samples[s])) for s in range(num_samples)]
+    n = len(images)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.8 + 1.2, len(rows) * 0.85 + 0.4), squeeze=False)
+    for r, (name, batch) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(batch[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -13,7 +13,6 @@ The CVAE is trained with one of the paper's three objectives (``OBJECTIVES``): t
 the GSNN's ("gsnn": z from the prior network, as at test time) or a mix of the two ("hybrid").
 """
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -299,32 +298,3 @@ def sample_spread(model, x, num_samples=10):
 def show_input(x):
     """x for display: hidden pixels (-1) in mid grey, (B,1,28,28) in [0, 1]."""
     return torch.where(x == HIDDEN, torch.full_like(x, 0.5), x)
-
-
-def completion_figure(images, num_given, baseline, cvae, num_samples=3, title=None):
-    """Rows Inputs / Truth / NN / CVAE samples for the same digits (chapter 5); returns a Figure.
-
-    Predictions fill the missing quadrants only; the given ones are copied from the input.
-    """
-    device = next(baseline.parameters()).device
-    x, y, mask = split_quadrants(images.to(device), num_given)  # (N,1,28,28) each
-
-    def keep(y_hat):  # given pixels from x, predicted ones from y_hat
-        return x * (1 - mask) + y_hat * mask
-
-    rows = [("Inputs", show_input(x)), ("Truth", images.to(device)), ("NN", keep(baseline.predict(x)))]
-    samples = cvae.predict(x, num_samples)  # (S, N, 1, 28, 28)
-    rows += [(f"CVAE sample {s + 1}", keep(samples[s])) for s in range(num_samples)]
-    n = len(images)
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.8 + 1.2, len(rows) * 0.85 + 0.4), squeeze=False)
-    for r, (name, batch) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r, i]
-            ax.imshow(batch[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvaelib import data
+from cvaelib import data, plots
 from cvaelib.structured import (
     HIDDEN,
     BaselineNet,
     StructuredCVAE,
     baseline_nll,
-    completion_figure,
     evaluate,
     importance_nll,
     masked_log_prob,
@@ -293,7 +292,7 @@ def test_evaluate_reports_exact_baseline_nll_and_cvae_bounds():
 
 def test_completion_figure_has_one_row_per_kind():
     torch.manual_seed(0)
-    fig = completion_figure(
+    fig = plots.completion_figure(
         random_images(4),
         1,
         BaselineNet(hidden=16).eval(),

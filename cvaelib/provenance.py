@@ -28,6 +28,11 @@ def _commit() -> str:
     return commit + ("+changes" if dirty else "")
 
 
+# The commit the run started from: taken when the module loads (a chapter's first cell, a benchmark's imports),
+# not when the figures are written at the end, by when the working tree may have moved on.
+STARTED_AT = _commit()
+
+
 def device_description() -> str:
     """The machine in words: the GPU's name, else the CPU's model and the threads torch uses."""
     if torch.cuda.is_available():
@@ -45,7 +50,7 @@ def provenance(wall_seconds: float, settings: dict, **extra) -> dict:
     """The provenance block of a results file: profile, commit, date, device, wall time, settings (and ``extra``)."""
     return {
         "profile": profile(),
-        "commit": _commit(),
+        "commit": STARTED_AT,
         "date": datetime.date.today().isoformat(),
         "device": device_description(),
         "torch": torch.__version__,

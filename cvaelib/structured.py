@@ -87,6 +87,18 @@ class BaselineNet(nn.Module):
         """The prediction in [0, 1] for every pixel, (B,1,28,28): one answer per input."""
         return torch.sigmoid(self(x))
 
+    # The two models of chapter 5 share these two functions, so that training and evaluation never ask which
+    # model they hold. Static methods: ``model`` is the network as ``fit`` calls it (compiled, or under DDP).
+    @staticmethod
+    def loss_terms(model, x, y, mask, objective="elbo", num_samples=1, alpha=0.5) -> dict:
+        """The baseline's training loss, whatever ``objective`` the CVAEs use: the NLL of the missing pixels."""
+        return baseline_nll(model, x, y, mask)
+
+    @staticmethod
+    def test_terms(model, x, y, mask, objective="elbo", num_samples=10, k=100) -> dict:
+        """Per image (B,): {"nll"}, exact."""
+        return {"nll": baseline_nll(model, x, y, mask)["nll_per_image"]}
+
 
 class StructuredCVAE(nn.Module):
     """The CVAE of chapter 5: prior p(z|x), recognition q(z|x,y), generation p(y|x,z)."""
@@ -133,6 +145,27 @@ class StructuredCVAE(nn.Module):
         z = reparameterize(mu, logvar, torch.randn(num_samples, *mu.shape, device=mu.device))  # (S, B, D)
         xs = x.expand(num_samples, *x.shape)  # (S, B, 1, 28, 28)
         return torch.sigmoid(self.decode_params(z.flatten(0, 1), xs.flatten(0, 1))).view(xs.shape)
+
+    @staticmethod
+    def loss_terms(model, x, y, mask, objective="elbo", num_samples=1, alpha=0.5) -> dict:
+        """-ELBO ("elbo"), -L_GSNN ("gsnn"), or ``alpha`` of the first and the rest of the second ("hybrid")."""
+        if objective == "gsnn":
+            return negative_gsnn(model, x, y, num_samples)
+        if objective == "hybrid":
+            return negative_hybrid(model, x, y, alpha, num_samples)
+        return negative_elbo(model, x, y, num_samples)
+
+    @staticmethod
+    def test_terms(model, x, y, mask, objective="elbo", num_samples=10, k=100) -> dict:
+        """Per image (B,): the bounds and estimates of -log p(y|x) that fit a model trained with ``objective``."""
+        parts = {}
+        if objective in ("elbo", "hybrid"):
+            parts["nelbo"] = negative_elbo(model, x, y, num_samples)["nelbo_per_image"]
+            parts["nll"] = importance_nll(model, x, y, k)
+        if objective in ("gsnn", "hybrid"):
+            parts["gsnn_bound"] = negative_gsnn(model, x, y, num_samples)["gsnn_bound_per_image"]
+            parts["nll_prior"] = prior_nll(model, x, y, k)
+        return parts
 
 
 def baseline_nll(model, x, y, mask):
@@ -233,13 +266,7 @@ def structured_loss(model, images, labels=None, num_given=2, num_samples=1, obje
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     x, y, mask = split_quadrants(images, num_given)
-    if isinstance(model, BaselineNet):
-        return baseline_nll(model, x, y, mask)
-    if objective == "gsnn":
-        return negative_gsnn(model, x, y, num_samples)
-    if objective == "hybrid":
-        return negative_hybrid(model, x, y, alpha, num_samples)
-    return negative_elbo(model, x, y, num_samples)
+    return model.loss_terms(model, x, y, mask, objective, num_samples, alpha)
 
 
 @torch.no_grad()
@@ -259,16 +286,7 @@ def evaluate(model, batches, num_given, num_samples=10, k=100, objective="elbo")
     totals, n = {}, 0
     for images, _ in batches:
         x, y, mask = split_quadrants(images.to(device), num_given)
-        if isinstance(model, BaselineNet):
-            parts = {"nll": baseline_nll(model, x, y, mask)["nll_per_image"]}
-        else:
-            parts = {}
-            if objective in ("elbo", "hybrid"):
-                parts["nelbo"] = negative_elbo(model, x, y, num_samples)["nelbo_per_image"]
-                parts["nll"] = importance_nll(model, x, y, k)
-            if objective in ("gsnn", "hybrid"):
-                parts["gsnn_bound"] = negative_gsnn(model, x, y, num_samples)["gsnn_bound_per_image"]
-                parts["nll_prior"] = prior_nll(model, x, y, k)
+        parts = model.test_terms(model, x, y, mask, objective, num_samples, k)
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + float(value.sum())
         n += len(images)

@@ -52,6 +52,11 @@ IMAGE_SHAPES = {(3, 32, 32), (1, 28, 28)}  # 28x28 images are padded to 32x32 in
 LOGVAR_BOUND = 5.0
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if autocast made it bfloat16 (or float16); a float32 or float64 tensor as it is."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def soft_clamp(x: torch.Tensor, bound: float = LOGVAR_BOUND) -> torch.Tensor:
     """Squash x smoothly into (-bound, bound), with slope 1 near 0: bound * tanh(x / bound)."""
     return bound * torch.tanh(x / bound)
@@ -126,8 +131,8 @@ class LatentGroup(nn.Module):
             dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
             mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
             z = reparameterize(prior_mu, prior_logvar, eps) if from_prior else reparameterize(mu, logvar, eps)
-            # (B,Z*r*r) each, in float32 under bfloat16 autocast too: the KL keeps its digits
-            stats = GroupStats(*(t.flatten(1).float() for t in (mu, logvar, prior_mu, prior_logvar, eps)))
+            # (B,Z*r*r) each, at least float32 under bfloat16 autocast too: the KL keeps its digits
+            stats = GroupStats(*(at_least_float32(t.flatten(1)) for t in (mu, logvar, prior_mu, prior_logvar, eps)))
         return self.block(h + update + self.z_proj(z)), stats
 
 
@@ -283,7 +288,7 @@ class HierarchicalCVAE(nn.Module):
                 f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
             )
         params, groups = self.top_down(y, len(x), self.bottom_up(x), prior_groups)
-        params = params.float()  # the likelihood in float32 under bfloat16 autocast too (a no-op in float32)
+        params = at_least_float32(params)  # the likelihood in float32 under bfloat16 autocast too
         return {
             "params": params,
             "x_hat": self.likelihood.mean(params),

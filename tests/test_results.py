@@ -74,10 +74,7 @@ def test_every_recorded_run_names_its_provenance(path):
     record = json.loads(path.read_text())
     # judges.json holds one run per dataset, each with its own provenance
     for run in record.values() if path.name == "judges.json" else [record]:
-        assert {"profile", "commit", "date", "device", "wall_seconds", "settings", "data"} <= set(run) or (
-            {"profile", "commit", "date", "device", "wall_seconds", "settings"} <= set(run)
-            and path.name != "judges.json"
-        )
+        assert {"profile", "commit", "date", "device", "wall_seconds", "settings"} <= set(run)
         assert run["commit"] != "unknown" and run["wall_seconds"] > 0
         if path.name.startswith(("04_", "benchmark_hierarchical_vs_single")):  # CIFAR-10 runs say which split they saw
             assert "offline copy" in run["data"]

@@ -402,8 +402,9 @@ class _StopRule:
         self.started = time.monotonic()
 
     def out_of_time(self) -> bool:
-        late = self.max_minutes is not None and time.monotonic() - self.started > 60 * self.max_minutes
-        return self.max_minutes is not None and _rank0_decides(late, self.device)
+        if self.max_minutes is None:
+            return False
+        return _rank0_decides(time.monotonic() - self.started > 60 * self.max_minutes, self.device)
 
 
 def _runnable(model: nn.Module, device: torch.device, speed: SpeedConfig):

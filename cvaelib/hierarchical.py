@@ -186,8 +186,89 @@ class HierarchicalConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
 
+def _stage(width: int, blocks: int) -> list[nn.Module]:
+    """The residual blocks of one resolution level."""
+    return [ResBlock(width, max(width // 4, 1)) for _ in range(blocks)]
+
+
+def _change_width(a: int, b: int) -> nn.Module:
+    """A 1x1 convolution between levels of different widths."""
+    return nn.Conv2d(a, b, 1) if a != b else nn.Identity()
+
+
+class Encoder(nn.Module):
+    """The bottom-up pass: x (B,C,32,32) -> the activation at every latent resolution (VDVAE's ``Encoder``).
+
+    ``widths`` lists the channels at each latent resolution, lowest first, then at 32x32 (as the config does).
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], blocks: int):
+        super().__init__()
+        up_first = widths[::-1]  # the order the encoder meets them: 32x32 first, the lowest resolution last
+        self.stem = nn.Conv2d(in_channels, up_first[0], 3, padding=1)
+        # level k: change width from level k-1's, then blocks; level 0 (32x32) keeps the stem's width
+        self.levels = nn.ModuleList(
+            nn.Sequential(_change_width(a, b), *_stage(b, blocks))
+            for a, b in zip(up_first[:1] + up_first[:-1], up_first, strict=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (B,C,32,32) -> [(B,w,r,r) for each latent resolution r], lowest resolution first."""
+        h = self.levels[0](self.stem(x))  # (B,C,32,32) -> (B,w,32,32)
+        activations = []
+        for level in self.levels[1:]:
+            h = level(F.avg_pool2d(h, 2))  # (B,w,2r,2r) -> (B,w',r,r)
+            activations.append(h)
+        return activations[::-1]
+
+
+class Decoder(nn.Module):
+    """The top-down pass: a learned constant, the latent groups from the lowest resolution up, then the
+    likelihood's parameters at 32x32 (VDVAE's ``Decoder`` and ``DecBlock``). The label y, if any, is added
+    at every resolution as a learned vector."""
+
+    def __init__(self, config: HierarchicalConfig, resolutions: tuple[int, ...], out_channels: int):
+        super().__init__()
+        widths, gpr, blocks = config.widths, config.groups_per_resolution, config.blocks_per_resolution
+        self.resolutions = resolutions
+        self.h0 = nn.Parameter(torch.zeros(1, widths[0], resolutions[0], resolutions[0]))
+        self.groups = nn.ModuleList(
+            nn.ModuleList(LatentGroup(widths[i], config.latent_channels, sum(gpr)) for _ in range(n))
+            for i, n in enumerate(gpr)
+        )
+        # before level i > 0 (32x32 last): change width to widths[i], then upsample
+        self.up = nn.ModuleList(_change_width(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.label_embeddings = (  # one per level, 32x32 included
+            nn.ModuleList(nn.Embedding(config.num_classes, w) for w in widths) if config.num_classes else None
+        )
+        self.out_blocks = nn.Sequential(*_stage(widths[-1], blocks))
+        self.out = nn.Sequential(nn.GELU(), nn.Conv2d(widths[-1], out_channels, 1))
+
+    def _enter_level(self, h, y, i):
+        if (
+            i
+        ):  # 1x1 width change, then nearest upsampling (they commute; cheaper in this order): (B,w,r,r) -> (B,w',2r,2r)
+            h = F.interpolate(self.up[i - 1](h), scale_factor=2, mode="nearest")
+        # (B,w,r,r) + (B,w,1,1): the label's embedding for this level, broadcast over the map
+        return h if y is None else h + self.label_embeddings[i](y.long())[:, :, None, None]
+
+    def forward(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0):
+        """Learned constant -> groups, lowest resolution first -> params (B,P,32,32), and one GroupStats per group
+        (None when sampling: no encoder ``activations``). Groups in ``prior_groups`` draw z from the prior."""
+        h, stats = self.h0.expand(batch_size, -1, -1, -1), []  # (1,w,r0,r0) -> (B,w,r0,r0)
+        for i, groups in enumerate(self.groups):
+            h = self._enter_level(h, y, i)
+            for group in groups:
+                e = None if activations is None else activations[i]
+                h, group_stats = group(h, e, from_prior=len(stats) in prior_groups, temperature=temperature)
+                stats.append(group_stats)
+        h = self.out_blocks(self._enter_level(h, y, len(self.groups)))  # (B,w,16,16) -> (B,w',32,32)
+        return self.out(h), stats  # (B,w',32,32) -> (B,P,32,32)
+
+
 class HierarchicalCVAE(nn.Module):
-    """A top-down hierarchical CVAE p(x | z_1..G, y) prod_g p(z_g | z_<g, y) (chapter 4).
+    """A top-down hierarchical CVAE p(x | z_1..G, y) prod_g p(z_g | z_<g, y) (chapter 4): an ``Encoder``
+    (bottom-up) and a ``Decoder`` (top-down) that meet in the latent groups.
 
     ``groups_per_resolution`` lists the groups at each resolution, from the lowest to 16x16: three
     entries give 4x4, 8x8 and 16x16; five give 1x1 up to 16x16. ``num_classes=0``: unconditional.
@@ -200,76 +281,23 @@ class HierarchicalCVAE(nn.Module):
     def __init__(self, **config):
         super().__init__()
         self.config = c = HierarchicalConfig(**config)
-        image_shape, num_classes, widths, gpr = c.image_shape, c.num_classes, c.widths, c.groups_per_resolution
-        Z, blocks = c.latent_channels, c.blocks_per_resolution
-        self.image_shape, self.num_classes = image_shape, num_classes
+        self.image_shape, self.num_classes = c.image_shape, c.num_classes
         self.likelihood = make_likelihood(
             c.likelihood, **({"num_mixtures": c.num_mixtures} if c.likelihood == "logistic_mixture" else {})
         )
-        self.pad = (32 - image_shape[1]) // 2  # 28x28 -> 32x32
+        self.pad = (32 - c.image_shape[1]) // 2  # 28x28 -> 32x32
+        gpr = c.groups_per_resolution
         # the resolutions of the latent groups, lowest first: (4, 8, 16) for three entries; 32x32 comes last
         self.resolutions = tuple(16 // 2 ** (len(gpr) - 1 - i) for i in range(len(gpr)))
+        Z = c.latent_channels
         self.group_shapes = [(Z, r, r) for r, n in zip(self.resolutions, gpr, strict=True) for _ in range(n)]
         self.latent_dim = sum(c * h * w for c, h, w in self.group_shapes)
-        top, G = len(gpr), sum(gpr)  # widths[top] is the width at 32x32
+        self.encoder = Encoder(c.image_shape[0], c.widths, c.blocks_per_resolution)
+        self.decoder = Decoder(c, self.resolutions, self.likelihood.out_channels(c.image_shape[0]))
 
-        def stage(i):  # the residual blocks at resolution level i, of width widths[i]
-            return [ResBlock(widths[i], max(widths[i] // 4, 1)) for _ in range(blocks)]
-
-        def change_width(a, b):  # a 1x1 convolution between levels of different widths
-            return nn.Conv2d(a, b, 1) if a != b else nn.Identity()
-
-        # bottom-up: (B,C,32,32) -> (B,w,32,32) -> blocks -> avg-pool, change width, blocks -> ... lowest level
-        self.stem = nn.Conv2d(image_shape[0], widths[top], 3, padding=1)
-        self.encoder = nn.ModuleList(
-            nn.Sequential(change_width(widths[min(i + 1, top)], widths[i]), *stage(i)) for i in range(top + 1)
-        )
-        # top-down: a learned constant at the lowest level, its groups, then change width, upsample, groups, ...
-        self.h0 = nn.Parameter(torch.zeros(1, widths[0], self.resolutions[0], self.resolutions[0]))
-        self.groups = nn.ModuleList(
-            nn.ModuleList(LatentGroup(widths[i], Z, G) for _ in range(n)) for i, n in enumerate(gpr)
-        )
-        self.up = nn.ModuleList(change_width(widths[i - 1], widths[i]) for i in range(1, top + 1))
-        self.label_embeddings = (
-            nn.ModuleList(nn.Embedding(num_classes, w) for w in widths) if num_classes else None
-        )  # one per resolution, 32x32 included
-        self.out_blocks = nn.Sequential(*stage(top))
-        self.out = nn.Sequential(nn.GELU(), nn.Conv2d(widths[top], self.likelihood.out_channels(image_shape[0]), 1))
-
-    def _add_label(self, h, y, level):
-        # (B,w,r,r) + (B,w,1,1): the label's embedding for this resolution, broadcast over the map
-        return h if y is None else h + self.label_embeddings[level](y.long())[:, :, None, None]
-
-    def bottom_up(self, x):
-        """Encoder activations {r: (B,w_r,r,r)} for every latent resolution r."""
-        top = len(self.resolutions)
-        h = self.encoder[top](self.stem(F.pad(x, [self.pad] * 4)))  # (B,C,32,32) -> (B,w,32,32)
-        activations = {}
-        for i in reversed(range(top)):
-            h = self.encoder[i](F.avg_pool2d(h, 2))  # (B,w[i+1],2r,2r) -> (B,w[i],r,r)
-            activations[self.resolutions[i]] = h
-        return activations
-
-    def _up(self, h, i):
-        # 1x1 width change, then nearest upsampling (they commute; cheaper in this order): (B,w,r,r) -> (B,w',2r,2r)
-        return F.interpolate(self.up[i - 1](h), scale_factor=2, mode="nearest")
-
-    def top_down(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0):
-        """The decoder: learned constant -> groups, lowest resolution first -> params (B,P,H,W), group stats."""
-        h, stats, g = self.h0.expand(batch_size, -1, -1, -1), [], 0  # (1,w,r0,r0) -> (B,w,r0,r0)
-        for i, (r, groups) in enumerate(zip(self.resolutions, self.groups, strict=True)):
-            h = self._add_label(self._up(h, i) if i else h, y, i)
-            for group in groups:
-                e = None if activations is None else activations[r]
-                h, group_stats = group(h, e, from_prior=g in prior_groups, temperature=temperature)
-                stats.append(group_stats)
-                g += 1
-        top = len(self.resolutions)
-        h = self.out_blocks(self._add_label(self._up(h, top), y, top))  # (B,w,16,16) -> (B,w',32,32)
-        params = self.out(h)  # (B,w',32,32) -> (B,P,32,32)
-        if self.pad:  # (B,P,32,32) -> (B,P,28,28)
-            params = params[:, :, self.pad : -self.pad, self.pad : -self.pad]
-        return params, stats
+    def _unpad(self, params):
+        # 28x28 images were padded to 32x32: (B,P,32,32) -> (B,P,28,28)
+        return params[:, :, self.pad : -self.pad, self.pad : -self.pad] if self.pad else params
 
     def forward(self, x, y=None, prior_groups=()):
         """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 4).
@@ -287,8 +315,8 @@ class HierarchicalCVAE(nn.Module):
             raise ValueError(
                 f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
             )
-        params, groups = self.top_down(y, len(x), self.bottom_up(x), prior_groups)
-        params = at_least_float32(params)  # the likelihood in float32 under bfloat16 autocast too
+        params, groups = self.decoder(y, len(x), self.encoder(F.pad(x, [self.pad] * 4)), prior_groups)
+        params = at_least_float32(self._unpad(params))  # the likelihood in float32 under bfloat16 autocast too
         return {
             "params": params,
             "x_hat": self.likelihood.mean(params),
@@ -311,6 +339,6 @@ class HierarchicalCVAE(nn.Module):
         temperature 0), else its mean; ``mean=True`` always returns the mean x_hat, so that at
         temperature 0 the image is a deterministic function of the label.
         """
-        labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, self.h0.device)
-        params, _ = self.top_down(labels, num_samples, temperature=temperature)
-        return decoded_images(self.likelihood, params, mean)
+        labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, self.decoder.h0.device)
+        params, _ = self.decoder(labels, num_samples, temperature=temperature)
+        return decoded_images(self.likelihood, self._unpad(params), mean)

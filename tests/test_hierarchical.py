@@ -247,7 +247,7 @@ def test_kl_balancing_trains_only_the_posterior_at_alpha_0_and_only_the_prior_at
             (parts["loss"] - parts["recon"]).backward()  # weight 1 x the balanced KL
         else:  # the residual posterior taken as a posterior of its own: what DreamerV2's formula does unchanged
             balanced_kl(*model(*batch())["groups"][-1][:4], alpha).sum().backward()
-        last = model.groups[-1][-1]
+        last = model.decoder.groups[-1][-1]
         return {
             head: sum(float(p.grad.abs().sum()) for p in getattr(last, head).parameters() if p.grad is not None)
             for head in ("prior", "posterior")
@@ -288,7 +288,7 @@ def test_diagnose_reports_every_group_and_which_are_switched_off():
     assert abs(d["total_kl"] - sum(g["kl_nats"] for g in d["groups"])) < 1e-3
     off = HierarchicalCVAE(size="tiny").eval()  # untrained: every posterior equals its prior (no offset learned)
     with torch.no_grad():
-        for level in off.groups:
+        for level in off.decoder.groups:
             for group in level:
                 torch.nn.init.zeros_(group.posterior.net[-1].weight)
                 torch.nn.init.zeros_(group.posterior.net[-1].bias)

@@ -77,8 +77,17 @@ def trained_epochs(state: dict) -> tuple[float, int | None]:
     return done, state.get("num_epochs")
 
 
+def _weights(state: dict) -> dict:
+    """The weights to evaluate and sample with: the average kept by training (``train.ema_of``), if any."""
+    if "ema" not in state:
+        return state["model"]
+    # an AveragedModel's state: the model's under "module.", and its count of averaged updates
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model saved in ``path`` (its architecture is in the file), ready to ``sample``.
+    """Rebuild the model saved in ``path`` (its architecture is in the file), ready to ``sample``: with the
+    average of the weights when training kept one (``fit(..., ema=)``), else with the weights as trained.
 
     The returned model has ``model.meta``: the dataset, training settings and history, the whole epochs
     done (``epoch``), the epochs done with a fraction for a run stopped mid-epoch (``epochs_done``), and
@@ -87,7 +96,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     state = read_checkpoint(path)
     try:
         model = build_model(**state["meta"]["model"])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(_weights(state))
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} does not hold a model cvaelib can rebuild ({type(e).__name__}: {e})") from None
     done, planned = trained_epochs(state)

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import check_writable, read_checkpoint, save_checkpoint
@@ -64,6 +65,15 @@ class SpeedConfig:
     def __post_init__(self):
         if not isinstance(self.sync_every, int) or self.sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, got {self.sync_every!r}")
+
+
+def ema_of(model: nn.Module, decay: float = 0.999) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights for ``fit(..., ema=)`` to keep up to date (VDVAE
+    evaluates and samples with one): after every update, w_ema <- decay * w_ema + (1 - decay) * w, which
+    averages about the last 1 / (1 - decay) updates. ``ema_of(model).module`` is the averaged model."""
+    if not 0 < decay < 1:
+        raise ValueError(f"the EMA's decay must lie in (0, 1), got {decay!r}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -326,8 +336,8 @@ class _SavedRun:
     """A run's checkpoint as one object: what ``fit`` needs to go on (model, optimizer, history, epoch, the
     state of an epoch stopped mid-way, random state), saved by rank 0 and read by every process."""
 
-    def __init__(self, path, meta, model, optimizer, num_epochs, steps_per_epoch):
-        self.path, self.meta, self.model, self.optimizer = path, meta, model, optimizer
+    def __init__(self, path, meta, model, optimizer, num_epochs, steps_per_epoch, ema=None):
+        self.path, self.meta, self.model, self.optimizer, self.ema = path, meta, model, optimizer, ema
         self.num_epochs, self.steps_per_epoch = num_epochs, steps_per_epoch
 
     def load(self) -> tuple[list, int, dict | None]:
@@ -340,8 +350,16 @@ class _SavedRun:
                 f"{self.path} holds a checkpoint of another model or setting; "
                 "choose another checkpoint path, or delete it to start over"
             )
+        if (self.ema is None) != ("ema" not in state):
+            raise ValueError(
+                f"{self.path} was saved {'without' if self.ema is not None else 'with'} an average of the weights "
+                f"(ema), and this run {'keeps' if self.ema is not None else 'keeps no'} one: choose another "
+                "checkpoint path, or delete it to start over"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         return state["history"], state["epoch"], state.get("partial")
 
@@ -357,6 +375,7 @@ class _SavedRun:
             epoch=epoch,
             partial=partial,
             rng=_rng_state(),
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
             meta=self.meta or {},
             num_epochs=self.num_epochs,  # the epochs asked for, and the steps in each: how far a run got
             steps_per_epoch=self.steps_per_epoch,
@@ -365,11 +384,12 @@ class _SavedRun:
 
 class _Updater:
     """``optimizer.step()`` with the options of a ``TrainConfig``: clipping, skipping an update whose gradient
-    norm is not finite or above ``skip_grad_norm`` (VDVAE), and the learning-rate schedule, which is a
-    function of the step alone, so a resumed run picks it up at the step it stopped at."""
+    norm is not finite or above ``skip_grad_norm`` (VDVAE), the learning-rate schedule, which is a
+    function of the step alone, so a resumed run picks it up at the step it stopped at, and the average of
+    the weights (``ema``) after every update made."""
 
-    def __init__(self, model, optimizer, config: TrainConfig, total_steps: int, steps_done: int):
-        self.model, self.optimizer, self.config = model, optimizer, config
+    def __init__(self, model, optimizer, config: TrainConfig, total_steps: int, steps_done: int, ema=None):
+        self.model, self.optimizer, self.config, self.ema = model, optimizer, config, ema
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])  # saved with the optimizer, so a resumed run has it too
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -389,6 +409,8 @@ class _Updater:
                 skipped = 1
             else:
                 self.optimizer.step()
+        if self.ema is not None and not skipped:
+            self.ema.update_parameters(self.model)
         self.schedule.step()
         return skipped
 
@@ -466,7 +488,8 @@ def _train_epoch(run, model, loss_fn, batches, totals, optimizer, update, speed,
 
 
 def _epoch_record(epoch, totals, model, loss_fn, test_batches, config, speed, device) -> dict:
-    """The history entry of a finished epoch: train means over every process, skipped updates, test means."""
+    """The history entry of a finished epoch: train means over every process, skipped updates, test means
+    (of ``model``: the average of the weights when ``fit`` keeps one)."""
     totals.reduce()
     record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
     if config.skip_grad_norm is not None:
@@ -506,6 +529,7 @@ def fit(
     meta: dict | None = None,
     progress: bool = True,
     max_minutes: float | None = None,
+    ema: AveragedModel | None = None,
 ) -> list:
     """Train ``model`` for ``num_epochs`` and return the per-epoch history (chapters 1-5).
 
@@ -519,6 +543,8 @@ def fit(
     if need be, and saves the checkpoint there (with the epoch's step and totals so far); a later call
     with the same checkpoint goes on from that step and ends as an uninterrupted run would (under
     ``torchrun``, with other noise for the rest of that epoch).
+    With ``ema`` (``ema_of(model)``), an exponential moving average of the weights is kept after every update,
+    saved in the checkpoint, and the test figures are those of the averaged model, ``ema.module``.
     A loss part or a parameter that is no longer finite stops training with an error before
     anything is saved, so the last good checkpoint stays. Ctrl-C ends the step in progress, saves the
     checkpoint there (as ``max_minutes`` does) and raises ``TrainingInterrupted``; a second Ctrl-C stops at once.
@@ -535,16 +561,15 @@ def fit(
     if checkpoint is not None and _rank() == 0:  # only rank 0 writes it
         check_writable(checkpoint)
     device = torch.device(device) if device is not None else default_device()
-    model.to(device)
-    if speed.channels_last:
-        model.to(memory_format=torch.channels_last)
+    for m in (model, ema) if ema is not None else (model,):
+        m.to(device, memory_format=torch.channels_last if speed.channels_last else torch.preserve_format)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
     seed_everything(config.seed)
     steps = len(train_batches)
-    saved = _SavedRun(checkpoint, meta, model, optimizer, num_epochs, steps)
+    saved = _SavedRun(checkpoint, meta, model, optimizer, num_epochs, steps, ema)
     history, start, partial = saved.load()
     steps_done = start * steps + (partial["steps"] if partial is not None else 0)
-    update = _Updater(model, optimizer, config, num_epochs * steps, steps_done)
+    update = _Updater(model, optimizer, config, num_epochs * steps, steps_done, ema)
     run = _runnable(model, device, speed)
     # One bar for the whole training, kept when done: a notebook page shows how the run went, and a
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
@@ -565,7 +590,8 @@ def fit(
                     progress, max_minutes, f"at step {totals.steps} of epoch {epoch + 1}", num_epochs, checkpoint
                 )
                 break
-            history.append(_epoch_record(epoch, totals, model, loss_fn, test_batches, config, speed, device))
+            tested = model if ema is None else ema.module
+            history.append(_epoch_record(epoch, totals, tested, loss_fn, test_batches, config, speed, device))
             if progress:
                 tqdm.write(
                     "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in history[-1].items())

@@ -6,7 +6,7 @@ import torch
 
 from cvaelib import CVAE, data, load_checkpoint
 from cvaelib.losses import elbo
-from cvaelib.train import SpeedConfig, TrainConfig, TrainingInterrupted, fit, lr_factor
+from cvaelib.train import SpeedConfig, TrainConfig, TrainingInterrupted, ema_of, fit, lr_factor
 
 META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
 
@@ -150,7 +150,10 @@ def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupte
 
     torch.manual_seed(0)
     straight = CVAE(**META["model"])
-    history = fit(straight, loss(), batches, 2, device="cpu", config=config, speed=speed, progress=False)
+    straight_ema = ema_of(straight, 0.9)  # the average of the weights goes on from the step too
+    history = fit(
+        straight, loss(), batches, 2, device="cpu", config=config, speed=speed, progress=False, ema=straight_ema
+    )
 
     clock = iter(range(0, 10_000))  # every call to the clock: one more second
     monkeypatch.setattr(cvaelib.train.time, "monotonic", lambda: next(clock))
@@ -158,15 +161,50 @@ def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupte
     torch.manual_seed(0)
     stopped = CVAE(**META["model"])
     kwargs = dict(device="cpu", config=config, speed=speed, checkpoint=path, meta=META, progress=False)
-    assert fit(stopped, loss(), batches, 2, max_minutes=4 / 60, **kwargs) == []  # 4 s: mid-epoch 1
+    assert fit(stopped, loss(), batches, 2, max_minutes=4 / 60, ema=ema_of(stopped, 0.9), **kwargs) == []  # 4 s
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 0 and 0 < state["partial"]["steps"] < len(batches)
     monkeypatch.undo()
     resumed = CVAE(**META["model"])
-    resumed_history = fit(resumed, loss(), batches, 2, **kwargs)
+    resumed_ema = ema_of(resumed, 0.9)
+    resumed_history = fit(resumed, loss(), batches, 2, ema=resumed_ema, **kwargs)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for (name, a), b in zip(straight_ema.state_dict().items(), resumed_ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"ema {name}")
     assert resumed_history == history
+
+
+def test_the_ema_averages_the_weights_after_each_update_and_checkpoints_sample_with_it(mnist_subset, tmp_path):
+    x, y, _, _ = mnist_subset
+    batches = _batches(x, y, batch_size=40)  # 5 steps
+    torch.manual_seed(0)
+    model = CVAE(**META["model"])
+    seen = []  # the weights each step starts from: those after the update before it
+
+    def recording(model, x, y):
+        seen.append([p.detach().clone() for p in model.parameters()])
+        return elbo(model, x, y)
+
+    decay, path = 0.8, tmp_path / "run.pt"
+    ema = ema_of(model, decay)
+    fit(model, recording, batches, 1, device="cpu", checkpoint=path, meta=META, progress=False, ema=ema)
+    updates = seen[1:] + [list(model.parameters())]  # the weights after each of the 5 updates
+    expected = [p.clone() for p in updates[0]]  # the first update is copied, as AveragedModel does
+    for weights in updates[1:]:
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for e, got in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(got, e)
+    assert not torch.equal(expected[0], updates[-1][0])  # the average is not the last weights
+    # the model a checkpoint gives for sampling and evaluation carries the average
+    loaded = load_checkpoint(path)
+    for e, got in zip(expected, loaded.parameters()):
+        torch.testing.assert_close(got, e)
+    # resuming with and without an average do not mix
+    with pytest.raises(ValueError, match="saved with an average of the weights"):
+        fit(CVAE(**META["model"]), elbo, batches, 2, device="cpu", checkpoint=path, meta=META, progress=False)
+    with pytest.raises(ValueError, match="the EMA's decay must lie in"):
+        ema_of(model, 1.0)
 
 
 def test_the_learning_rate_warms_up_linearly_then_decays_along_a_cosine(mnist_subset):

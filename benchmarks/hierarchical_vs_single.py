@@ -3,8 +3,10 @@
     python benchmarks/hierarchical_vs_single.py --minutes 60 --eval-every 5
 
 Trains the single-latent conv CVAE and the hierarchical CVAE on CIFAR-10 for the same number of
-minutes each (one after the other, on the same cores), and after every ``--eval-every`` minutes of
-training records the test bits/dim on the first ``--test-images`` test images: a curve for both.
+minutes each (one after the other, on the same cores), both with the speed switches and the average of
+the weights (EMA) that ``--arch hierarchical`` trains with, and after every ``--eval-every`` minutes of
+training records the test bits/dim of the averaged weights on the first ``--test-images`` test images
+(and, at the end, of the trained weights themselves): a curve for both.
 Training goes through ``fit`` with ``max_minutes`` and a checkpoint per model in ``--runs``, so an
 interrupted benchmark resumes where it stopped. Then a classifier trained on the real training images
 (the course's judge) judges 100 prior samples per class at each temperature. The figures, with their
@@ -23,23 +25,25 @@ from torchvision.utils import save_image
 
 from cvaelib import data
 from cvaelib.baselines import gaussian_bits_per_dim
-from cvaelib.cli import default_settings
+from cvaelib.cli import HIERARCHICAL, default_settings, default_speed
 from cvaelib.diagnostics import diagnose
 from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
 from cvaelib.provenance import provenance
 from cvaelib.remedies import RemedyLoss
-from cvaelib.train import evaluate_loss, fit, seed_everything
+from cvaelib.train import ema_of, evaluate_loss, fit, seed_everything
 
 
 def contenders(size: str = "small") -> dict:
     """name -> (model, remedy and optimisation configurations, batch size): the command line's defaults.
 
-    The single-latent conv CVAE gets the hierarchical model's likelihood, so that only the latents differ.
+    The single-latent conv CVAE gets the hierarchical model's likelihood and learning-rate warm-up, so
+    that only the latents differ.
     """
     single, single_remedies, single_optim, single_batch, _ = default_settings("cifar10")
     single = replace(single, likelihood="logistic_mixture")
+    single_optim = replace(single_optim, warmup_steps=HIERARCHICAL["lr_warmup_steps"])
     hierarchical, *rest = default_settings("cifar10", "hierarchical")[:4]
     return {
         "single_latent": (single, single_remedies, single_optim, single_batch),
@@ -55,6 +59,9 @@ def start_record(args, profile: str) -> dict:
     data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
     return provenance(0.0, settings, profile=profile, data=data_note)
 
+
+# The speed switches of ``--arch hierarchical`` on this CPU, for both models (they change how fast, not what).
+SPEED = default_speed("hierarchical", "cpu")
 
 # A size preset's values, left to be filled from the preset (``HierarchicalConfig``).
 UNSET = dict(widths=None, latent_channels=None, groups_per_resolution=None, blocks_per_resolution=None)
@@ -85,6 +92,7 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
     state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
     meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
     loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
+    ema = ema_of(model, HIERARCHICAL["ema"])
 
     def train(max_minutes):
         history = fit(
@@ -98,6 +106,8 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
             progress=False,
             max_minutes=max_minutes,
             device="cpu",
+            speed=SPEED,
+            ema=ema,
         )
         return len(history) >= num_epochs
 
@@ -108,12 +118,13 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
         saved = torch.load(checkpoint, weights_only=True)
         epochs = saved["epoch"] + (saved["partial"]["steps"] / len(batches) if saved.get("partial") else 0.0)
         point = {"minutes": round(state["seconds"] / 60, 2), "epochs": round(epochs, 3)}
-        state["curve"].append({**point, **evaluate_point(model.eval(), loss, test_batches)})
+        state["curve"].append({**point, **evaluate_point(ema.module.eval(), loss, test_batches)})
         log.write_text(json.dumps(state))
         print(name, state["curve"][-1], flush=True)
     if checkpoint.exists():  # a resumed benchmark whose budget was spent: load the model, train ~nothing
         train(1e-9)
-    return state, model.eval()
+    state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches)  # without the average
+    return state, ema.module.eval()
 
 
 def judged(model, judge, temperatures, per_class, out_png):
@@ -180,6 +191,9 @@ def main(argv=None):
             "training_minutes": round(state["seconds"] / 60, 2),
             "curve": state["curve"],
             "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
+            "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],
+            "speed": asdict(SPEED),
+            "ema": HIERARCHICAL["ema"],
             "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
             "active_groups": d["active_groups"],
             "judged": judged(

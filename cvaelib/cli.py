@@ -21,7 +21,17 @@ from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
 from .remedies import RemedyConfig, RemedyLoss
-from .train import SpeedConfig, TrainConfig, TrainingInterrupted, default_device, evaluate_loss, fit, seed_everything
+from .train import (
+    SpeedConfig,
+    TrainConfig,
+    TrainingInterrupted,
+    bf16_is_fast,
+    default_device,
+    ema_of,
+    evaluate_loss,
+    fit,
+    seed_everything,
+)
 
 # Defaults chosen so that prior samples are the requested class (see README, "Defaults").
 DEFAULTS = {
@@ -38,7 +48,8 @@ DEFAULTS = {
 }
 # --arch hierarchical (chapter 4), on any dataset: its likelihood, batch and learning rate; a KL warm-up over the
 # first epoch, without which every latent group switched off within the first hundred steps on CIFAR-10 (chapter 4);
-# and VDVAE's guards: clip the gradient norm (typically 1e4 to 3e4 nats early on) and skip updates 100 times that.
+# VDVAE's guards: clip the gradient norm (typically 1e4 to 3e4 nats early on) and skip updates 100 times that;
+# and what a short budget needs (VDVAE): a learning-rate warm-up, and an average of the weights to test and sample.
 HIERARCHICAL = dict(
     likelihood="logistic_mixture",
     size="small",
@@ -49,6 +60,8 @@ HIERARCHICAL = dict(
     warmup=1.0,
     clip_grad=2e5,
     skip_grad_norm=2e6,
+    lr_warmup_steps=200,
+    ema=0.999,
 )
 
 
@@ -119,14 +132,34 @@ def _parser():
         "--batch-size", type=POSITIVE_INT, help="default: per dataset (mnist 512, fashion_mnist 512, cifar10 128)"
     )
     t.add_argument("--lr", type=POSITIVE, help="Adam's learning rate; default: per dataset (3e-3, cifar10 1e-3)")
+    t.add_argument(
+        "--lr-warmup-steps",
+        type=NATURAL,
+        help="raise the learning rate linearly from 0 over this many steps; default 0 (--arch hierarchical: 200)",
+    )
+    t.add_argument("--cosine-decay", action="store_true", help="then lower it along a cosine to 0 at the last step")
+    t.add_argument(
+        "--ema",
+        type=_number(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+        help="test and sample with an average of the weights of this decay (VDVAE); default: none "
+        "(--arch hierarchical: 0.999)",
+    )
     t.add_argument("--clip-grad", type=POSITIVE, help="clip the gradient norm to this value")
     t.add_argument("--skip-grad-norm", type=POSITIVE, help="skip updates whose gradient norm is above this (counted)")
     t.add_argument("--subset", type=POSITIVE_INT, help="train and test on this many images per class (smoke runs)")
     t.add_argument("--seed", type=NATURAL, default=0)
     t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--data-root", help=f"dataset folder (default: ${data.ENV_VAR}, else data/ in the repository)")
-    t.add_argument("--bf16", action="store_true", help="mixed precision: autocast to bfloat16")
-    t.add_argument("--channels-last", action="store_true", help="channels-last layout for convolutions")
+    t.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="mixed precision: autocast to bfloat16; default: off (--arch hierarchical: on where bfloat16 is native)",
+    )
+    t.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels-last layout for convolutions; default: off (--arch hierarchical: on)",
+    )
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -259,6 +292,8 @@ def _configs(args, parser):
         seed=args.seed,
         clip_grad=args.clip_grad if args.clip_grad is not None else defaults.get("clip_grad"),
         skip_grad_norm=args.skip_grad_norm if args.skip_grad_norm is not None else defaults.get("skip_grad_norm"),
+        warmup_steps=defaults.get("lr_warmup_steps", 0) if args.lr_warmup_steps is None else args.lr_warmup_steps,
+        cosine_decay=args.cosine_decay,
     )
     return model, remedies, optim, pick(args.batch_size, "batch_size")
 
@@ -277,6 +312,29 @@ def default_settings(dataset: str, arch: str | None = None) -> tuple:
     args = parser.parse_args(argv)
     model, remedies, optim, batch_size = _configs(args, parser)
     return model, remedies, optim, batch_size, _defaults(args)["epochs"]
+
+
+def _ema_decay(args) -> float | None:
+    """``--ema``, else the default of ``--arch hierarchical`` (0.999), else None: no average of the weights."""
+    return _defaults(args).get("ema") if args.ema is None else args.ema
+
+
+def default_speed(arch: str | None, device: torch.device | str) -> SpeedConfig:
+    """The speed switches ``train`` uses when none is given: for ``--arch hierarchical`` bfloat16 where the
+    device has native bfloat16, and channels-last, measured fastest for it (``benchmarks/hierarchy_speed.py``);
+    for every other model neither."""
+    hierarchical = arch == "hierarchical"
+    return SpeedConfig(bf16=hierarchical and bf16_is_fast(device), channels_last=hierarchical)
+
+
+def _speed(args, device: torch.device) -> SpeedConfig:
+    """``--bf16``, ``--channels-last`` and ``--compile`` as given, the unset ones from ``default_speed``."""
+    default = default_speed(args.arch, device)
+    return SpeedConfig(
+        bf16=default.bf16 if args.bf16 is None else args.bf16,
+        channels_last=default.channels_last if args.channels_last is None else args.channels_last,
+        compile=args.compile,
+    )
 
 
 def _test_batches(name, root, device, n=None, per_class=None):
@@ -350,7 +408,7 @@ def train(args, parser):
         "dataset": args.dataset,
         "model": asdict(model_config),
         "remedies": asdict(remedies),
-        "train": {**asdict(optim), "batch_size": batch_size, "subset": args.subset},
+        "train": {**asdict(optim), "batch_size": batch_size, "subset": args.subset, "ema": _ema_decay(args)},
     }
     # Everything that can be refused is refused before the data is read and any epoch runs.
     if args.out.exists():
@@ -380,6 +438,7 @@ def train(args, parser):
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
         seed_everything(args.seed)
         model = build_model(**asdict(model_config))
+        ema = None if meta["train"]["ema"] is None else ema_of(model, meta["train"]["ema"])
         epochs = _defaults(args)["epochs"] if args.epochs is None else args.epochs
         say(f"training a {args.model} on {args.dataset} ({len(images)} images) for {epochs} epochs on {device}")
         if world.size > 1:
@@ -396,12 +455,13 @@ def train(args, parser):
             epochs,
             test_batches=test_batches,
             config=optim,
-            speed=SpeedConfig(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile),
+            speed=_speed(args, device),
             device=device,
             checkpoint=args.out,
             meta=meta,
             progress=not args.no_progress and world.rank == 0,
             max_minutes=args.max_minutes,
+            ema=ema,
         )
     if world.rank != 0:  # the figures and the checkpoint are rank 0's
         return
@@ -410,7 +470,7 @@ def train(args, parser):
         # the last epoch's test figures, as its line printed them: one figure per run, not a second estimate
         final = {k.removeprefix("test_"): v for k, v in history[-1].items() if k.startswith("test_")}
     else:  # stopped mid-epoch: the model has moved on since the last epoch's line
-        final = evaluate_loss(model, loss, test_batches, device)
+        final = evaluate_loss(model if ema is None else ema.module, loss, test_batches, device)
     figures = {
         "epochs": round(done, 3),
         "test_negative_elbo_nats": final["nelbo"],

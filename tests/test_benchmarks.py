@@ -72,7 +72,7 @@ def test_time_to_quality_runs(data_root, capsys):
             "--peer-epochs",
             "1",
             "--default-epochs",
-            "1",
+            "2",
             "--samples-per-class",
             "2",
             "--train-size",
@@ -81,7 +81,9 @@ def test_time_to_quality_runs(data_root, capsys):
         ]
     )
     r = results[0]
-    assert len(r["default"]) == len(r["peer"]) == 1 and all(0 <= acc <= 1 for _, acc in r["default"] + r["peer"])
+    assert len(r["peer"]) == 1 and all(0 <= acc <= 1 for _, acc in r["default"] + r["peer"])
+    # one point per epoch of the one training run, its clock going forward
+    assert len(r["default"]) == 2 and 0 < r["default"][0][0] < r["default"][1][0]
     assert r["peer_to_peer_final"] == r["peer"][0][0]  # the peer reaches its own final accuracy at its last epoch
     assert "time to the peer's final" in capsys.readouterr().out
 
@@ -216,5 +218,7 @@ def test_hierarchy_speed_runs(data_root, capsys):
     from cvaelib.train import bf16_is_fast
 
     rows = _load("hierarchy_speed").main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--size", "tiny"])
-    assert len(rows) == (4 if bf16_is_fast("cpu") else 2) and all(r["images_per_s"] > 0 for r in rows)
-    assert "| float32 | contiguous | no | 4 |" in capsys.readouterr().out
+    assert len(rows) == (4 if bf16_is_fast("cpu") else 2) + 1 and all(r["images_per_s"] > 0 for r in rows)
+    # the last row: what --arch hierarchical trains with, the average of the weights included
+    assert rows[-1]["ema"] and rows[-1]["channels_last"] and rows[-1]["bf16"] == bf16_is_fast("cpu")
+    assert "| float32 | contiguous | no | 4 | no |" in capsys.readouterr().out

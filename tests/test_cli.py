@@ -338,3 +338,33 @@ def test_a_huge_learning_rate_stops_with_a_divergence_error(data_root, tmp_path)
     assert str(exit.value.code).startswith("error: training diverged") and "lower learning rate" in str(exit.value.code)
     if ckpt.exists():  # whatever was saved before the divergence is finite
         assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt).state_dict().values())
+
+
+def test_the_hierarchy_trains_fast_and_averaged_by_default_and_each_switch_can_be_turned_off(
+    data_root, tmp_path, monkeypatch
+):
+    import cvaelib.cli
+    from cvaelib.train import bf16_is_fast
+
+    used = []
+    real_fit = cvaelib.cli.fit
+
+    def recording_fit(*args, **kwargs):
+        used.append((kwargs["speed"], kwargs["ema"], kwargs["config"]))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(cvaelib.cli, "fit", recording_fit)
+    common = ["train", "--dataset", "cifar10", "--epochs", "1", "--subset", "1", "--arch", "hierarchical"]
+    common += ["--size", "tiny", "--device", "cpu", "--no-progress", "--data-root", data_root]
+    main([*common, "--out", str(tmp_path / "a.pt")])
+    speed, ema, config = used[-1]
+    assert speed.channels_last and speed.bf16 == bf16_is_fast("cpu") and config.warmup_steps == 200
+    assert ema is not None and load_checkpoint(tmp_path / "a.pt").meta["train"]["ema"] == 0.999
+    main([*common, "--out", str(tmp_path / "b.pt"), "--no-bf16", "--no-channels-last", "--ema", "0.9"])
+    speed, ema, _ = used[-1]
+    assert not speed.bf16 and not speed.channels_last
+    assert load_checkpoint(tmp_path / "b.pt").meta["train"]["ema"] == 0.9
+    # a flat model keeps every switch off, and no average, unless asked
+    main([*common[:7], "--latent-dim", "4", *common[11:], "--out", str(tmp_path / "c.pt")])
+    speed, ema, config = used[-1]
+    assert not (speed.bf16 or speed.channels_last) and ema is None and config.warmup_steps == 0

@@ -77,16 +77,32 @@ def evaluate_point(model, loss, test_batches) -> dict:
     return point
 
 
-def race(name, settings, train_images, train_labels, test_batches, minutes, eval_every, runs, num_epochs=10_000):
+def race(
+    name,
+    settings,
+    train_images,
+    train_labels,
+    test_batches,
+    minutes,
+    eval_every,
+    runs,
+    num_epochs=10_000,
+    seed=0,
+    deadline=None,
+):
     """Train a contender for ``minutes`` of training time (or ``num_epochs``, whichever ends first); its state
     (seconds, and a curve of test bits/dim and KL per group at every ``eval_every`` minutes) and model.
 
     Each ``fit`` call trains ``eval_every`` minutes and saves the checkpoint; the next one resumes from it.
+    ``seed`` seeds the weights, the batches and the noise. With ``deadline`` (a ``time.monotonic()`` value),
+    no new ``eval_every`` chunk starts after it: then the state has ``finished`` False and the model is None,
+    and calling again goes on.
     """
     model_config, remedies, optim, batch_size = settings
-    seed_everything(0)
+    optim = replace(optim, seed=seed)
+    seed_everything(seed)
     model = build_model(**asdict(model_config))
-    batches = data.Batches(train_images, train_labels, batch_size, seed=0)
+    batches = data.Batches(train_images, train_labels, batch_size, seed=seed)
     checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
     fresh = {"seconds": 0.0, "curve": [], "done": False}
     state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
@@ -111,7 +127,12 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
         )
         return len(history) >= num_epochs
 
-    while state["seconds"] < 60 * minutes - 1 and not state["done"]:
+    def finished():
+        return state["done"] or state["seconds"] >= 60 * minutes - 1
+
+    while not finished():
+        if deadline is not None and time.monotonic() > deadline:
+            return {**state, "finished": False}, None
         start = time.monotonic()
         state["done"] = train(min(eval_every, minutes - state["seconds"] / 60))
         state["seconds"] += time.monotonic() - start
@@ -124,7 +145,7 @@ def race(name, settings, train_images, train_labels, test_batches, minutes, eval
     if checkpoint.exists():  # a resumed benchmark whose budget was spent: load the model, train ~nothing
         train(1e-9)
     state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches)  # without the average
-    return state, ema.module.eval()
+    return {**state, "finished": True}, ema.module.eval()
 
 
 def judged(model, judge, temperatures, per_class, out_png):

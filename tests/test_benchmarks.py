@@ -137,6 +137,8 @@ def test_remedy_table_runs(data_root, tmp_path):
             "3",
             "--size",
             "tiny",
+            "--seeds",
+            "2",
             "--runs",
             str(tmp_path / "runs"),
             "--out",
@@ -144,11 +146,26 @@ def test_remedy_table_runs(data_root, tmp_path):
         ]
     )
     assert list(record["remedies"]) == ["none", "warmup", "free_bits", "group_balance", "kl_balance", "beta_1e-5"]
-    for row in record["remedies"].values():
-        assert row["groups"] == 3 and len(row["kl_groups_nats"]) == 3 and 0 <= row["judged"] <= 1
-        assert math.isfinite(row["bits_per_dim"]) and row["best_temperature"] in (0.6, 0.8, 1.0)
+    for name, row in record["remedies"].items():
+        assert [s["seed"] for s in row["seeds"]] == ([0] if name == "beta_1e-5" else [0, 1])
+        for s in row["seeds"]:
+            assert s["groups"] == 3 and len(s["kl_groups_nats"]) == 3 and 0 <= s["judged"] <= 1
+            assert math.isfinite(s["bits_per_dim"]) and s["best_temperature"] in (0.6, 0.8, 1.0)
+        bpd = [s["bits_per_dim"] for s in row["seeds"]]
+        assert row["intervals"]["bits_per_dim"]["mean"] == pytest.approx(sum(bpd) / len(bpd))
+        assert row["bits_per_dim"] == bpd[0]  # the first seed's figures at the top
+    assert record["remedies"]["none"]["seeds"][0] != record["remedies"]["none"]["seeds"][1]  # other seeds, other runs
+    assert record["remedies"]["beta_1e-5"]["intervals"]["judged"]["interval"] is None
     assert (tmp_path / record["samples_png"]).exists()
     assert 0 < record["gaussian_bits_per_dim"] < 8  # the same-data yardstick
+
+
+def test_mean_interval_is_students_t():
+    mean_interval = _load("remedy_table").mean_interval
+    # [1, 2, 3]: mean 2, standard error 1/sqrt(3), t quantile 4.3027 at 2 degrees of freedom (97.5 %)
+    r = mean_interval([1.0, 2.0, 3.0])
+    assert r["mean"] == 2 and r["interval"] == pytest.approx([2 - 4.302653 / 3**0.5, 2 + 4.302653 / 3**0.5])
+    assert mean_interval([5.0])["interval"] is None and mean_interval([1.0, 1.0])["interval"] == [1.0, 1.0]
 
 
 def test_structured_objectives_runs_resumes_and_collects(data_root, tmp_path, capsys):

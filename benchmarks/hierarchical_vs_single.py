@@ -104,7 +104,7 @@ def race(
     model = build_model(**asdict(model_config))
     batches = data.Batches(train_images, train_labels, batch_size, seed=seed)
     checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
-    fresh = {"seconds": 0.0, "curve": [], "done": False}
+    fresh = {"seconds": 0.0, "curve": [], "done": False, "threads": torch.get_num_threads()}
     state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
     meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
     loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
@@ -210,6 +210,7 @@ def main(argv=None):
             },
             "parameters": sum(p.numel() for p in model.parameters()),
             "training_minutes": round(state["seconds"] / 60, 2),
+            "training_threads": state["threads"],  # torch threads of the process that trained it
             "curve": state["curve"],
             "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
             "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],

@@ -20,10 +20,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import torch
 from torchvision.utils import save_image
 
-from cvaelib import data
+from cvaelib import data, plots
 from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.cli import HIERARCHICAL, default_settings, default_speed
 from cvaelib.diagnostics import diagnose
@@ -142,8 +146,10 @@ def race(
         state["curve"].append({**point, **evaluate_point(ema.module.eval(), loss, test_batches)})
         log.write_text(json.dumps(state))
         print(name, state["curve"][-1], flush=True)
-    if checkpoint.exists():  # a resumed benchmark whose budget was spent: load the model, train ~nothing
-        train(1e-9)
+    if checkpoint.exists():  # the weights at the end of training (also for a benchmark whose budget was spent)
+        saved = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
     state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches)  # without the average
     return {**state, "finished": True}, ema.module.eval()
 
@@ -165,6 +171,30 @@ def judged(model, judge, temperatures, per_class, out_png):
         "per_class_at_best": [round(a, 4) for a in scores[best]["per_class"].tolist()],
         "samples_png": out_png.name,
     }
+
+
+def diagnosis(model, d, test_batches, out_png) -> dict:
+    """The ``diagnose`` report in figures, and for a hierarchy the figure that draws one group at a time from
+    its prior (``plots.group_resampling``, on the first 8 test images), saved to ``out_png``."""
+    record = {
+        "images": test_batches.images.shape[0],
+        "group_shapes": getattr(model, "group_shapes", None),  # (channels, height, width) of each group
+        "verdict": d["verdict"],
+        "evidence": d["evidence"],
+        "active_units": d["active_units"],
+        "latent_dim": d["latent_dim"],
+        "decoder_sensitivity": round(d["decoder_sensitivity"], 4),
+        # I(x; z | y) for one group; None for a hierarchy, whose groups give I(z_g; x, z_<g | y) each
+        "mutual_information_nats": None if d["mutual_information"] is None else round(d["mutual_information"], 3),
+        "groups": [{k: round(v, 3) if isinstance(v, float) else v for k, v in g.items()} for g in d["groups"]],
+    }
+    if len(d["groups"]) > 1:
+        x, y = (t[:8] for t in next(iter(test_batches)))
+        fig = plots.group_resampling(model, x, y)
+        fig.savefig(out_png, bbox_inches="tight", dpi=120)
+        plt.close(fig)
+        record["resampling_png"] = out_png.name
+    return record
 
 
 def main(argv=None):
@@ -199,7 +229,7 @@ def main(argv=None):
         state, model = race(
             name, settings, train_images, train_labels, test_batches, args.minutes, args.eval_every, args.runs
         )
-        d = diagnose(model, test_batches, max_images=500)
+        d = diagnose(model, test_batches)  # on all the race's test images: the cap is log of the images per class
         model_config, remedies, optim, batch_size = settings
         figures["models"][name] = {
             "settings": {
@@ -218,6 +248,7 @@ def main(argv=None):
             "ema": HIERARCHICAL["ema"],
             "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
             "active_groups": d["active_groups"],
+            "diagnosis": diagnosis(model, d, test_batches, args.out.with_name(f"{args.out.stem}_{name}_groups.png")),
             "judged": judged(
                 model, judge, args.temperatures, args.per_class, args.out.with_name(f"{args.out.stem}_{name}.png")
             ),

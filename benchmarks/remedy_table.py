@@ -143,7 +143,11 @@ def main(argv=None) -> dict | None:
                     "groups": len(r["kl_groups"]),
                     "kl_nats": round(r["kl"], 2),
                     "kl_groups_nats": [round(k, 2) for k in r["kl_groups"]],
-                    "mutual_information_nats": round(r["mi"], 3),
+                    # I(z_g; x, z_<g | y) of each group, and the cap of these estimates (log of the images per class)
+                    "mutual_information_groups_nats": [
+                        round(g["mutual_information_nats"], 3) for g in r["diagnosis"]["groups"]
+                    ],
+                    "mutual_information_cap_nats": round(r["diagnosis"]["groups"][0]["mutual_information_cap_nats"], 3),
                     "decoder_sensitivity": round(r["sensitivity"], 4),
                     "verdict": r["verdict"],
                     "judged_by_temperature": {str(t): round(a, 4) for t, a in r["judged_by_temperature"].items()},

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interface import check_images, check_labels, decoded_images, sample_request
+from .interface import check_images, check_labels, check_samples, decoded_images, repeat_batch, sample_request
 from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
 
 # Presets; any value can be overridden by the constructor argument of the same name.
@@ -299,7 +299,7 @@ class HierarchicalCVAE(nn.Module):
         # 28x28 images were padded to 32x32: (B,P,32,32) -> (B,P,28,28)
         return params[:, :, self.pad : -self.pad, self.pad : -self.pad] if self.pad else params
 
-    def forward(self, x, y=None, prior_groups=()):
+    def forward(self, x, y=None, prior_groups=(), samples=1):
         """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 4).
 
         The course's one model interface: a dict with ``log_px`` (B,) = log p(x|z,y) and ``groups``, one
@@ -307,15 +307,20 @@ class HierarchicalCVAE(nn.Module):
         ``params`` (B,P,H,W) and ``x_hat`` (B,C,H,W). A group whose index is in ``prior_groups`` draws z
         from its prior (resample one group, keep the others); its entry still reports q and p, and its
         ``eps`` is then the prior's noise (such a pass is for looking at, not for ``losses.log_weight``).
+        ``samples`` > 1 runs the bottom-up pass once and the top-down pass for that many z per image: every
+        output is then that of the batch ``samples`` times over (S*B, ...), sample-major as ``repeat_batch``.
         """
         check_images(x, self.image_shape)
         check_labels(y, self.num_classes, len(x))
+        check_samples(samples)
         prior_groups = set(prior_groups)
         if not prior_groups <= set(range(len(self.group_shapes))):
             raise ValueError(
                 f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
             )
-        params, groups = self.decoder(y, len(x), self.encoder(F.pad(x, [self.pad] * 4)), prior_groups)
+        activations = [repeat_batch(a, samples) for a in self.encoder(F.pad(x, [self.pad] * 4))]  # bottom-up once
+        x, y = repeat_batch(x, samples), repeat_batch(y, samples)
+        params, groups = self.decoder(y, len(x), activations, prior_groups)
         params = at_least_float32(self._unpad(params))  # the likelihood in float32 under bfloat16 autocast too
         return {
             "params": params,

@@ -1,7 +1,8 @@
 """What every model shares around its ``forward`` and ``sample``: the checks of what it is given, and how
 a sample's images are read off its likelihood (``models.CVAE``, ``hierarchical.HierarchicalCVAE``).
 
-The model interface itself is ``forward(x, y)`` -> ``{"log_px": (B,), "groups": [GroupStats, ...]}``, and
+The model interface itself is ``forward(x, y, samples=1)`` -> ``{"log_px": (S*B,), "groups": [GroupStats, ...]}``
+(``samples`` z per image from one encoding, sample-major as ``repeat_batch``), and
 ``sample(labels | num_samples, temperature, mean)``; training, evaluation and the diagnostics read only that.
 Values are checked where no accelerator waits for them: on the CPU, in ``sample`` and once per dataset
 (``data.load``); a training step on a GPU checks only dtypes and shapes.
@@ -18,6 +19,17 @@ def labels_for(model, y: torch.Tensor | None) -> torch.Tensor | None:
     """The labels to hand ``model``: ``y`` for a conditional model, None for an unconditional one, so that one
     training or evaluation loop over labelled batches serves both."""
     return y if model.num_classes else None
+
+
+def repeat_batch(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """(B, ...) -> (k*B, ...): the batch k times over, sample-major, so ``.view(k, B)`` undoes it."""
+    return None if t is None else t.expand(k, *t.shape).flatten(0, 1)
+
+
+def check_samples(samples: int) -> None:
+    """``forward``'s number of z per image must be a positive integer."""
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive integer (z drawn per image), got {samples!r}")
 
 
 def check_images(x: torch.Tensor, image_shape: tuple[int, int, int]) -> None:

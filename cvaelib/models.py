@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hierarchical import HierarchicalCVAE
-from .interface import check_images, check_labels, decoded_images, sample_request
+from .interface import check_images, check_labels, check_samples, decoded_images, repeat_batch, sample_request
 from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
 
 
@@ -225,16 +225,20 @@ class CVAE(nn.Module):
         """Decoded images x_hat in [0, 1], (B,C,H,W): the mean of p(x|z,y)."""
         return self.likelihood.mean(self.decode_params(z, y))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, samples: int = 1) -> dict:
         """Encode, sample z, decode: the course's one model interface (chapters 1-5).
 
         Returns a dict with ``log_px`` (B,) = log p(x|z,y) and ``groups``, one ``GroupStats`` (a CVAE has
         one latent group), which is all the ELBO, IWAE and the diagnostics read; and, for the chapters,
         params, x_hat, mu, logvar, z and prior. The outputs are float32 even under bfloat16 autocast, so
         that the likelihood and the KL keep their digits (autocast lowers only the layers' matrix products).
+        ``samples`` > 1 draws that many z per image from one encoding (the IWAE bound's K): every output is
+        then that of the batch ``samples`` times over (S*B, ...), sample-major as ``repeat_batch``.
         """
-        mu, logvar = (t.float() for t in self.encode(x, y))
-        eps = torch.randn_like(mu)  # (B, D)
+        check_samples(samples)
+        mu, logvar = (repeat_batch(t.float(), samples) for t in self.encode(x, y))  # (S*B, D): encoded once
+        x, y = repeat_batch(x, samples), repeat_batch(y, samples)
+        eps = torch.randn_like(mu)  # (S*B, D)
         z = reparameterize(mu, logvar, eps)  # (B, D)
         params = self.decode_params(z, y).float()
         prior = self.prior(y)

@@ -164,6 +164,31 @@ def traversal(model, z, dims=None, span=3.0, steps=9, y=None):
     return fig
 
 
+@torch.no_grad()
+def group_resampling(model, x, y, title=None, ax=None, seed=0):
+    """Reconstructions of x (N,C,H,W) in [0, 1] with one latent group at a time drawn from its prior (chapter 4).
+
+    Rows: the inputs, their reconstructions with every group from q, then one row per group g with z_g from
+    its prior p(z_g | z_<g, y) and the others from q. Every row decodes the same noise (``seed``), so a row
+    that does not change is a group the decoder ignores. The global random state is untouched.
+    """
+    model.eval()
+    rows = [x.cpu()]
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        for g in [None, *range(len(model.group_shapes))]:
+            torch.manual_seed(seed)
+            rows.append(model(x, y, prior_groups=() if g is None else [g])["x_hat"].cpu())
+    if ax is None:
+        _, ax = plt.subplots(figsize=(len(x) * 0.7 + 1.5, len(rows) * 0.7 + 0.4))
+    _show(ax, torch.cat(rows), nrow=len(x))
+    side = x.shape[-2] + 2  # image height plus the grid's padding
+    names = ["input", "all from q"] + [f"group {g} from p" for g in range(len(rows) - 2)]
+    ax.set_yticks([side * (i + 0.5) for i in range(len(rows))], names)
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
 def confusion(matrix, class_names, title="Requested vs judged class"):
     """A confusion matrix (rows: requested class, columns: judged class) with counts."""
     matrix = matrix.cpu().numpy()

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluate import log_importance_weights, repeat_batch
+from .evaluate import log_importance_weights
+from .interface import check_samples, repeat_batch
 from .losses import GroupStats, elbo_terms, log_mean_exp, reparameterize
 
 OBJECTIVES = ("elbo", "gsnn", "hybrid")  # how a StructuredCVAE is trained (Sohn et al. 2015)
@@ -125,10 +126,13 @@ class StructuredCVAE(nn.Module):
         """p(y|x,z): z (B,D) and x (B,1,28,28) -> logits of every pixel, (B,1,28,28)."""
         return self.generation_net(torch.cat([x.flatten(1), z], dim=1)).view_as(x)
 
-    def forward(self, x, y):
+    def forward(self, x, y, samples=1):
         """The course's model interface (see ``CVAE.forward``): ``log_px`` = log p(y|x,z) over the missing
-        pixels (those of x that are ``HIDDEN``), (B,), and the one latent group q(z|x,y), p(z|x)."""
-        mu, logvar = self.encode(x, y)  # q(z|x,y), (B, D) each
+        pixels (those of x that are ``HIDDEN``), (B,), and the one latent group q(z|x,y), p(z|x);
+        ``samples`` z per image from one encoding give (S*B,) outputs, sample-major as ``repeat_batch``."""
+        check_samples(samples)
+        mu, logvar = (repeat_batch(t, samples) for t in self.encode(x, y))  # q(z|x,y), (S*B, D) each
+        x, y = repeat_batch(x, samples), repeat_batch(y, samples)
         eps = torch.randn_like(mu)
         params = self.decode_params(reparameterize(mu, logvar, eps), x)  # (B,1,28,28)
         mask = (x == HIDDEN).float()  # 1 on the pixels to predict

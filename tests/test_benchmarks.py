@@ -115,6 +115,15 @@ def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
         assert (tmp_path / model["judged"]["samples_png"]).exists()
     assert len(record["models"]["hierarchical"]["curve"][0]["test_kl_groups_nats"]) == 3  # tiny: 3 groups
     assert 0 < record["gaussian_bits_per_dim"] < 8  # the same-data yardstick
+    deep, single = (record["models"][name]["diagnosis"] for name in ("hierarchical", "single_latent"))
+    assert deep["images"] == 50 and len(deep["groups"]) == 3
+    assert deep["mutual_information_nats"] is None and single["mutual_information_nats"] is not None
+    for g in deep["groups"]:  # each estimate beside its cap, marked when it sits there
+        assert g["mutual_information_nats"] <= g["mutual_information_cap_nats"] + 0.01
+        assert g["mutual_information_at_cap"] == (
+            g["mutual_information_nats"] > 0.99 * g["mutual_information_cap_nats"]
+        )
+    assert (tmp_path / deep["resampling_png"]).exists() and "resampling_png" not in single
     module.main(args)  # the budget is spent: the second run loads the checkpoints and trains no more
     again = json.loads((tmp_path / "race.json").read_text())
     assert again["models"]["hierarchical"]["curve"] == record["models"]["hierarchical"]["curve"]

@@ -185,3 +185,35 @@ def test_mutual_information_reaches_its_cap_when_every_image_has_a_code_of_its_o
     assert mutual_information(mu, logvar, labels) == pytest.approx(mutual_information_cap(8, labels), abs=1e-3)
     group = GroupStats(mu, logvar, None, None, torch.zeros_like(mu))
     assert group_figures([group], labels)[0]["mutual_information_cap_nats"] == mutual_information_cap(8, labels)
+
+
+def _three_models():
+    """One model of each kind that implements the interface, with inputs: CVAE, hierarchy, structured output."""
+    from cvaelib.hierarchical import HierarchicalCVAE
+    from cvaelib.structured import StructuredCVAE, split_quadrants
+
+    torch.manual_seed(0)
+    digits = torch.randint(0, 256, (4, 1, 28, 28)) / 255
+    yield CVAE(arch="conv", image_shape=(3, 32, 32)), torch.rand(4, 3, 32, 32), torch.arange(4)
+    yield HierarchicalCVAE(size="tiny"), torch.rand(4, 3, 32, 32), torch.arange(4)
+    yield StructuredCVAE(latent_dim=4, hidden=32), *split_quadrants(digits, 1)[:2]
+
+
+@pytest.mark.parametrize("model, x, y", list(_three_models()), ids=["cvae", "hierarchical", "structured"])
+def test_forward_with_samples_is_the_repeated_batch_encoded_once(model, x, y):
+    """``forward(x, y, samples=K)`` gives what ``forward`` gives on the batch K times over, on the same noise."""
+    from cvaelib.interface import repeat_batch
+
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        once = model(x, y, samples=3)
+        torch.manual_seed(5)
+        repeated = model(repeat_batch(x, 3), repeat_batch(y, 3))
+    assert once["log_px"].shape == (3 * len(x),)
+    torch.testing.assert_close(once["log_px"], repeated["log_px"], rtol=1e-4, atol=1e-3)
+    for a, b in zip(once["groups"], repeated["groups"], strict=True):
+        for field in ("mu", "logvar", "prior_mu", "prior_logvar", "eps"):
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        model(x, y, samples=0)

@@ -286,6 +286,8 @@ def test_diagnose_reports_every_group_and_which_are_switched_off():
     assert len(d["groups"]) == 3 and 0 <= d["active_groups"] <= 3
     assert d["active_units"] == sum(g["active_units"] for g in d["groups"])
     assert abs(d["total_kl"] - sum(g["kl_nats"] for g in d["groups"])) < 1e-3
+    # no total I(x; z | y) from conditionals side by side: each group's estimate is named for what it is
+    assert d["mutual_information"] is None and any("I(z_g; x, z_<g | y) per group" in e for e in d["evidence"])
     off = HierarchicalCVAE(size="tiny").eval()  # untrained: every posterior equals its prior (no offset learned)
     with torch.no_grad():
         for level in off.decoder.groups:

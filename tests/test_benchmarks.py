@@ -248,3 +248,9 @@ def test_hierarchy_speed_runs(data_root, capsys):
     # the last row: what --arch hierarchical trains with, the average of the weights included
     assert rows[-1]["ema"] and rows[-1]["channels_last"] and rows[-1]["bf16"] == bf16_is_fast("cpu")
     assert "| float32 | contiguous | no | 4 | no |" in capsys.readouterr().out
+
+
+def test_evaluate_speed_runs(data_root, tmp_path):
+    args = ["--checkpoint", str(tmp_path / "cvae.pt"), "--subset", "5", "--n", "20"]
+    result = _load("evaluate_speed").main(args)
+    assert result["seconds"] > 0 and result["iwae_k"] == 100 and math.isfinite(result["bits_per_dim"])

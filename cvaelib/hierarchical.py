@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .interface import check_images, check_labels, check_samples, decoded_images, repeat_batch, sample_request
+from .interface import (
+    at_least_float32,
+    check_images,
+    check_labels,
+    check_samples,
+    decoded_images,
+    repeat_batch,
+    sample_request,
+)
 from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
 
 # Presets; any value can be overridden by the constructor argument of the same name.
@@ -50,11 +58,6 @@ SIZES = {
 }
 IMAGE_SHAPES = {(3, 32, 32), (1, 28, 28)}  # 28x28 images are padded to 32x32 inside the model
 LOGVAR_BOUND = 5.0
-
-
-def at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32 if autocast made it bfloat16 (or float16); a float32 or float64 tensor as it is."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def soft_clamp(x: torch.Tensor, bound: float = LOGVAR_BOUND) -> torch.Tensor:

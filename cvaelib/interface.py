@@ -21,6 +21,12 @@ def labels_for(model, y: torch.Tensor | None) -> torch.Tensor | None:
     return y if model.num_classes else None
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if autocast made it bfloat16 (or float16); a float32 or float64 tensor as it is, so
+    that every model's likelihood and KL keep their digits under autocast."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def repeat_batch(t: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """(B, ...) -> (k*B, ...): the batch k times over, sample-major, so ``.view(k, B)`` undoes it."""
     return None if t is None else t.expand(k, *t.shape).flatten(0, 1)

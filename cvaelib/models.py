@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hierarchical import HierarchicalCVAE
-from .interface import check_images, check_labels, check_samples, decoded_images, repeat_batch, sample_request
+from .interface import (
+    at_least_float32,
+    check_images,
+    check_labels,
+    check_samples,
+    decoded_images,
+    repeat_batch,
+    sample_request,
+)
 from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
 
 
@@ -236,11 +244,11 @@ class CVAE(nn.Module):
         then that of the batch ``samples`` times over (S*B, ...), sample-major as ``repeat_batch``.
         """
         check_samples(samples)
-        mu, logvar = (repeat_batch(t.float(), samples) for t in self.encode(x, y))  # (S*B, D): encoded once
+        mu, logvar = (repeat_batch(at_least_float32(t), samples) for t in self.encode(x, y))  # (S*B, D), encoded once
         x, y = repeat_batch(x, samples), repeat_batch(y, samples)
         eps = torch.randn_like(mu)  # (S*B, D)
         z = reparameterize(mu, logvar, eps)  # (B, D)
-        params = self.decode_params(z, y).float()
+        params = at_least_float32(self.decode_params(z, y))
         prior = self.prior(y)
         return {
             "log_px": self.likelihood.log_prob(params, x),

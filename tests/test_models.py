@@ -114,3 +114,17 @@ def test_sample_refuses_labels_out_of_range_before_the_embedding():
         model.sample(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         CVAE(num_classes=0, latent_dim=2).sample(num_samples=-1)
+
+
+def test_forward_keeps_float64_and_lifts_bfloat16_to_float32():
+    """The likelihood and the KL are computed in at least float32: a float64 model stays float64 (it is not
+    cut to float32), and under bfloat16 autocast the outputs are float32 (``interface.at_least_float32``)."""
+    torch.manual_seed(0)
+    model = CVAE(arch="conv", image_shape=(1, 28, 28))
+    x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
+    out = model.double()(x.double(), y)
+    assert out["log_px"].dtype == out["groups"][0].mu.dtype == out["params"].dtype == torch.float64
+    model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, y)
+    assert out["log_px"].dtype == out["groups"][0].mu.dtype == out["params"].dtype == torch.float32

@@ -69,11 +69,19 @@ class SpeedConfig:
 
 def ema_of(model: nn.Module, decay: float = 0.999) -> AveragedModel:
     """An exponential moving average of ``model``'s weights for ``fit(..., ema=)`` to keep up to date (VDVAE
-    evaluates and samples with one): after every update, w_ema <- decay * w_ema + (1 - decay) * w, which
-    averages about the last 1 / (1 - decay) updates. ``ema_of(model).module`` is the averaged model."""
+    evaluates and samples with one). The first update is copied; after the n-th, w_ema <- d * w_ema + (1 - d) * w
+    with d = min(decay, (1 + n) / (10 + n)), as TensorFlow's ExponentialMovingAverage with ``num_updates``: a
+    fixed 0.999 would still give the first weights 37 % of the average after 1,000 updates, which made a
+    conv CVAE's average 2.5 bits/dim worse than its weights after 800 steps; at the full decay it averages
+    about the last 1 / (1 - decay) updates. ``ema_of(model).module`` is the averaged model."""
     if not 0 < decay < 1:
         raise ValueError(f"the EMA's decay must lie in (0, 1), got {decay!r}")
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, num_averaged)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:

@@ -186,13 +186,14 @@ def test_the_ema_averages_the_weights_after_each_update_and_checkpoints_sample_w
         seen.append([p.detach().clone() for p in model.parameters()])
         return elbo(model, x, y)
 
-    decay, path = 0.8, tmp_path / "run.pt"
+    decay, path = 0.3, tmp_path / "run.pt"
     ema = ema_of(model, decay)
     fit(model, recording, batches, 1, device="cpu", checkpoint=path, meta=META, progress=False, ema=ema)
     updates = seen[1:] + [list(model.parameters())]  # the weights after each of the 5 updates
     expected = [p.clone() for p in updates[0]]  # the first update is copied, as AveragedModel does
-    for weights in updates[1:]:
-        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for n, weights in enumerate(updates[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))  # 2/11, 3/12, then the full decay 0.3 from the 3rd average on
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
     for e, got in zip(expected, ema.module.parameters()):
         torch.testing.assert_close(got, e)
     assert not torch.equal(expected[0], updates[-1][0])  # the average is not the last weights

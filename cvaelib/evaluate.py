@@ -45,20 +45,26 @@ def negative_elbo(model: nn.Module, batches) -> dict:
     return {k: v / n for k, v in totals.items()}
 
 
+def samples_per_pass(x: torch.Tensor, max_images: int | None = None) -> int:
+    """Importance samples of the batch ``x`` that one forward pass draws: as many as fit in ``max_images``
+    images, at least one. By default 8192 images on an accelerator (fewer, larger calls) and one sample per
+    pass on a CPU, which keeps the random stream of the recorded runs (``report`` takes larger passes)."""
+    return max(1, (max_images or (len(x) if x.device.type == "cpu" else 8192)) // len(x))
+
+
 def log_importance_weights(model: nn.Module, x, y, k: int, max_images: int | None = None) -> torch.Tensor:
     """log p(x, z_k | y) - log q(z_k | x, y) for K importance samples of any model: (K, B) (Burda et al. 2016).
 
     The samples come from the model's forward pass with ``samples`` (``losses.log_weight``): it encodes each
     image once and draws that many z from its posterior, so a hierarchical model draws every group given
-    the groups above, as its ELBO does. They run in chunks of at most ``max_images`` images: by default
-    8192 on an accelerator (fewer, larger calls) and one batch per call on a CPU, which measured fastest there.
+    the groups above, as its ELBO does. Each pass draws ``samples_per_pass(x, max_images)`` of them: larger
+    passes share the encoder among more samples, and give the same figures from another random stream.
     """
     _check_k(k)
-    max_images = max_images or (len(x) if x.device.type == "cpu" else 8192)
-    per_chunk = max(1, max_images // len(x))  # samples per forward pass
+    per_pass = samples_per_pass(x, max_images)
     log_w = []
-    for start in range(0, k, per_chunk):
-        kc = min(per_chunk, k - start)
+    for start in range(0, k, per_pass):
+        kc = min(per_pass, k - start)
         log_w.append(log_weight(model(x, y, samples=kc)).view(kc, len(x)))
     return torch.cat(log_w)
 
@@ -254,34 +260,59 @@ def total_mutual_information(figures: list) -> float | None:
 
 
 @torch.no_grad()
-def expected_seconds(model: nn.Module, batches, k: int) -> float:
-    """How long ``report`` will take here: one forward pass of the first batch, timed, times the 1 + K
-    passes it makes of every batch (the bound, and K importance samples). Costs one forward pass."""
+def expected_seconds(
+    model: nn.Module, batches, k: int, channels_last: bool = False, images_per_pass: int | None = None
+) -> float:
+    """How long ``report`` will take here: the passes it makes of the first batch (the bound, and one pass of
+    importance samples), timed, times the passes of K samples and the number of batches. Costs those passes."""
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     device = _model_device(model)
     x, y = next(iter(batches))
-    x, y = x.to(device), labels_for(model, y.to(device))
+    x, y = _layout(x.to(device), channels_last), labels_for(model, y.to(device))
+    per_pass = min(k, samples_per_pass(x, images_per_pass))
     start = time.perf_counter()
     model(x, y)
-    return (time.perf_counter() - start) * (1 + k) * len(batches)
+    bound = time.perf_counter() - start
+    model(x, y, samples=per_pass)
+    samples = time.perf_counter() - start - bound
+    return (bound + samples * math.ceil(k / per_pass)) * len(batches)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 @torch.no_grad()
-def report(model: nn.Module, batches, k: int = 100, progress: bool = True, stats_images: int = 2000) -> dict:
+def report(
+    model: nn.Module,
+    batches,
+    k: int = 100,
+    progress: bool = True,
+    stats_images: int = 2000,
+    channels_last: bool = False,
+    images_per_pass: int | None = None,
+) -> dict:
     """All test figures of a model in one dict, from one pass over the data (the command line's ``evaluate``).
 
     The bound, the IWAE bound and the KL (in total, per dimension, per group) use every image; active
     units and the mutual information, whose cost grows with N^2, the first ``stats_images``.
+    ``channels_last`` puts the model's and the images' convolutions in that layout: the same figures, faster
+    on a CPU for the conv models. ``images_per_pass``: see ``log_importance_weights``
+    (``benchmarks/evaluate_speed.py`` measures both).
     """
     _check_k(k)
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     device, n, passes, labels = _model_device(model), 0, [], []
     totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0, "kl_per_dim": 0.0, "kl_groups": 0.0}
     for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
-        x, y = x.to(device), labels_for(model, y.to(device))
+        x, y = _layout(x.to(device), channels_last), labels_for(model, y.to(device))
         out = model(x, y)
         parts = elbo_terms(out)
-        log_w = log_importance_weights(model, x, y, k)  # (K, B)
+        log_w = log_importance_weights(model, x, y, k, images_per_pass)  # (K, B)
         totals["iwae"] -= float(log_mean_exp(log_w, 0).sum())
         for key in ("nelbo", "recon", "kl", "kl_per_dim", "kl_groups"):
             totals[key] = totals[key] + parts[key] * len(x)

@@ -94,6 +94,24 @@ def test_report_of_a_colour_model_gives_bits_per_dim():
     assert 4 < figures["bits_per_dim"] < 12
 
 
+@pytest.mark.parametrize("images_per_pass", [6, 2000])  # one sample per pass; every sample in one pass
+def test_report_gives_the_same_figures_in_channels_last(images_per_pass):
+    from cvaelib.evaluate import expected_seconds
+
+    torch.manual_seed(0)
+    model = CVAE(image_shape=(3, 32, 32), arch="conv", likelihood="logistic", latent_dim=4).eval()
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    batches = data.Batches(x, torch.arange(12) % 10, 6, shuffle=False)
+    torch.manual_seed(1)
+    plain = report(model, batches, k=7, progress=False, images_per_pass=images_per_pass)
+    assert expected_seconds(model, batches, 7, True, images_per_pass) > 0
+    torch.manual_seed(1)
+    fast = report(model, batches, k=7, progress=False, channels_last=True, images_per_pass=images_per_pass)
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    for key in ("negative_elbo_nats", "iwae_nats", "kl_nats", "bits_per_dim"):
+        assert fast[key] == pytest.approx(plain[key], rel=1e-5), key
+
+
 def test_posterior_stats_shapes(trained):
     mu, logvar = posterior_stats(*trained)
     assert mu.shape == logvar.shape == (200, 8)

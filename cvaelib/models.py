@@ -247,7 +247,7 @@ class CVAE(nn.Module):
         mu, logvar = (repeat_batch(at_least_float32(t), samples) for t in self.encode(x, y))  # (S*B, D), encoded once
         x, y = repeat_batch(x, samples), repeat_batch(y, samples)
         eps = torch.randn_like(mu)  # (S*B, D)
-        z = reparameterize(mu, logvar, eps)  # (B, D)
+        z = reparameterize(mu, logvar, eps)  # (S*B, D)
         params = at_least_float32(self.decode_params(z, y))
         prior = self.prior(y)
         return {

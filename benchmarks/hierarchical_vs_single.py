@@ -36,7 +36,7 @@ from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
 from cvaelib.provenance import provenance
 from cvaelib.remedies import RemedyLoss
-from cvaelib.train import ema_of, evaluate_loss, fit, seed_everything
+from cvaelib.train import default_device, ema_of, evaluate_loss, fit, seed_everything
 
 
 def contenders(size: str = "small") -> dict:
@@ -64,16 +64,13 @@ def start_record(args, profile: str) -> dict:
     return provenance(0.0, settings, profile=profile, data=data_note)
 
 
-# The speed switches of ``--arch hierarchical`` on this CPU, for both models (they change how fast, not what).
-SPEED = default_speed("hierarchical", "cpu")
-
 # A size preset's values, left to be filled from the preset (``HierarchicalConfig``).
 UNSET = dict(widths=None, latent_channels=None, groups_per_resolution=None, blocks_per_resolution=None)
 
 
-def evaluate_point(model, loss, test_batches) -> dict:
+def evaluate_point(model, loss, test_batches, device) -> dict:
     """Test bits/dim (the true negative ELBO, whatever the remedy) and, for a hierarchy, the KL of each group."""
-    parts = evaluate_loss(model, loss, test_batches, "cpu")
+    parts = evaluate_loss(model, loss, test_batches, device)
     point = {"test_bits_per_dim": round(bits_per_dim(parts["nelbo"], 3 * 32 * 32), 4)}
     groups = sorted((k for k in parts if k.startswith("kl_g")), key=lambda k: int(k[4:]))
     if groups:
@@ -93,6 +90,7 @@ def race(
     num_epochs=10_000,
     seed=0,
     deadline=None,
+    device="cpu",
 ):
     """Train a contender for ``minutes`` of training time (or ``num_epochs``, whichever ends first); its state
     (seconds, and a curve of test bits/dim and KL per group at every ``eval_every`` minutes) and model.
@@ -100,7 +98,8 @@ def race(
     Each ``fit`` call trains ``eval_every`` minutes and saves the checkpoint; the next one resumes from it.
     ``seed`` seeds the weights, the batches and the noise. With ``deadline`` (a ``time.monotonic()`` value),
     no new ``eval_every`` chunk starts after it: then the state has ``finished`` False and the model is None,
-    and calling again goes on.
+    and calling again goes on. Both models train with the speed switches of ``--arch hierarchical`` on
+    ``device`` (they change how fast, not what).
     """
     model_config, remedies, optim, batch_size = settings
     optim = replace(optim, seed=seed)
@@ -125,8 +124,8 @@ def race(
             meta=meta,
             progress=False,
             max_minutes=max_minutes,
-            device="cpu",
-            speed=SPEED,
+            device=device,
+            speed=default_speed("hierarchical", device),
             ema=ema,
         )
         return len(history) >= num_epochs
@@ -140,17 +139,17 @@ def race(
         start = time.monotonic()
         state["done"] = train(min(eval_every, minutes - state["seconds"] / 60))
         state["seconds"] += time.monotonic() - start
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
         epochs = saved["epoch"] + (saved["partial"]["steps"] / len(batches) if saved.get("partial") else 0.0)
         point = {"minutes": round(state["seconds"] / 60, 2), "epochs": round(epochs, 3)}
-        state["curve"].append({**point, **evaluate_point(ema.module.eval(), loss, test_batches)})
+        state["curve"].append({**point, **evaluate_point(ema.module.eval(), loss, test_batches, device)})
         log.write_text(json.dumps(state))
         print(name, state["curve"][-1], flush=True)
     if checkpoint.exists():  # the weights at the end of training (also for a benchmark whose budget was spent)
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = torch.load(checkpoint, weights_only=True, map_location=device)
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
-    state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches)  # without the average
+    state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches, device)  # without the average
     return {**state, "finished": True}, ema.module.eval()
 
 
@@ -206,6 +205,7 @@ def main(argv=None):
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
     p.add_argument("--size", default="small", help="the hierarchical model's size preset")
     p.add_argument("--only", nargs="+", choices=["single_latent", "hierarchical"], help="race only these models")
+    p.add_argument("--device", default=str(default_device()), help="where to train (default: a GPU if there is one)")
     p.add_argument("--runs", type=Path, default=Path("runs/hierarchical_vs_single"))
     p.add_argument("--out", type=Path, default=Path("results/benchmark_hierarchical_vs_single.json"))
     args = p.parse_args(argv)
@@ -214,8 +214,8 @@ def main(argv=None):
     train_images, train_labels = data.load("cifar10", "train")
     test_images, test_labels = data.load("cifar10", "test")
     test_batches = data.Batches(test_images[: args.test_images], test_labels[: args.test_images], 250, shuffle=False)
-    judge, _ = load_judge("cifar10")
-    real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
+    judge, _ = load_judge("cifar10", args.device)
+    real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:], args.device)
     print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
 
     # The yardstick on this very data: one full-covariance Gaussian, scored on the race's test images.
@@ -227,7 +227,15 @@ def main(argv=None):
         if args.only and name not in args.only:
             continue
         state, model = race(
-            name, settings, train_images, train_labels, test_batches, args.minutes, args.eval_every, args.runs
+            name,
+            settings,
+            train_images,
+            train_labels,
+            test_batches,
+            args.minutes,
+            args.eval_every,
+            args.runs,
+            device=args.device,
         )
         d = diagnose(model, test_batches)  # on all the race's test images: the cap is log of the images per class
         model_config, remedies, optim, batch_size = settings
@@ -244,7 +252,7 @@ def main(argv=None):
             "curve": state["curve"],
             "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
             "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],
-            "speed": asdict(SPEED),
+            "speed": asdict(default_speed("hierarchical", args.device)),
             "ema": HIERARCHICAL["ema"],
             "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
             "active_groups": d["active_groups"],

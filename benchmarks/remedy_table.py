@@ -13,8 +13,10 @@ KL, I(x; z | y)), and judges its prior samples at each temperature with the cour
 (``seeds``) and, for the bound, the active groups and the judged accuracy, their mean over the seeds with
 a 95 % Student-t interval (``intervals``). Checkpoints in ``--runs``: an interrupted run resumes, and
 ``--max-minutes`` ends this call cleanly after that much training (run the same command again to go on).
+A trained run's figures are kept in ``--runs`` too, so that calls with ``--only`` side by side (one process
+per remedy on a GPU) and one last call without it make the whole table without judging a run twice.
 The figures and their provenance go to ``--out`` (chapter 4 reads them), a grid of samples per remedy
-beside it (its first seed).
+beside it (its first seed). ``--device`` trains on a GPU where there is one.
 """
 
 import argparse
@@ -37,6 +39,7 @@ from cvaelib.cli import default_settings  # noqa: E402
 from cvaelib.diagnostics import compare  # noqa: E402
 from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge  # noqa: E402
 from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
+from cvaelib.train import default_device  # noqa: E402
 
 ONE_SEED = {"beta_1e-5"}  # its bound already says what it is: an autoencoder that pays for every nat
 SUMMARISED = ("bits_per_dim", "active_groups", "judged")  # the figures given with a mean and an interval
@@ -58,6 +61,42 @@ def summary(seeds: list[dict]) -> dict:
     return {k: mean_interval([s[k] for s in seeds]) for k in SUMMARISED}
 
 
+def judged_run(model, run: Path, judge, test_batches, real_ref, args) -> tuple[dict, torch.Tensor]:
+    """A trained run's figures (``compare``: the bound, the diagnosis and the judged samples) and its prior
+    samples, kept in ``run``.json and ``run``.pt so that a later call reads them instead of judging again."""
+    figures, samples = run.with_suffix(".json"), run.with_suffix(".pt")
+    if figures.exists() and samples.exists():
+        return json.loads(figures.read_text()), torch.load(samples, weights_only=True)
+    r = compare(
+        model,
+        test_batches,
+        judge,
+        real_ref,
+        args.samples_per_class,
+        temperatures=tuple(args.temperatures),
+        max_images=args.stats_images,
+    )
+    row = {
+        "bits_per_dim": round(r["bpd"], 4),
+        "active_groups": r["groups"],
+        "groups": len(r["kl_groups"]),
+        "kl_nats": round(r["kl"], 2),
+        "kl_groups_nats": [round(k, 2) for k in r["kl_groups"]],
+        # I(z_g; x, z_<g | y) of each group, and the cap of these estimates (log of the images per class)
+        "mutual_information_groups_nats": [round(g["mutual_information_nats"], 3) for g in r["diagnosis"]["groups"]],
+        "mutual_information_cap_nats": round(r["diagnosis"]["groups"][0]["mutual_information_cap_nats"], 3),
+        "decoder_sensitivity": round(r["sensitivity"], 4),
+        "verdict": r["verdict"],
+        "judged_by_temperature": {str(t): round(a, 4) for t, a in r["judged_by_temperature"].items()},
+        "best_temperature": r["temperature"],
+        "judged": round(r["judged"], 4),
+        "frechet_distance": round(r["fd"], 2),
+    }
+    figures.write_text(json.dumps(row))
+    torch.save(r["samples"], samples)
+    return row, r["samples"]
+
+
 def _mean_and_interval(s: dict) -> str:
     return f"{s['mean']:.3f}" + ("" if s["interval"] is None else f" [{s['interval'][0]:.3f}, {s['interval'][1]:.3f}]")
 
@@ -75,24 +114,27 @@ def main(argv=None) -> dict | None:
     p.add_argument("--stats-images", type=int, default=500, help="test images of the diagnosis")
     p.add_argument("--samples-per-class", type=int, default=100, help="prior samples per class for the judge")
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
-    p.add_argument("--only", nargs="+", help="train only these remedies")
+    p.add_argument("--only", nargs="+", help="train and judge only these remedies (the table waits for all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per remedy (beta_1e-5: one)")
     p.add_argument("--max-minutes", type=float, help="end this call after about this many minutes of training")
+    p.add_argument("--device", default=str(default_device()), help="where to train (default: a GPU if there is one)")
     p.add_argument("--runs", type=Path, default=Path("runs/remedy_table"))
     p.add_argument("--out", type=Path, default=Path("results/04_cvae_cifar10.json"))
     args = p.parse_args(argv)
-    began, source = time.time(), start_record(args, "cpu-budget")
+    began, source = time.time(), start_record(args, "budget")
 
     all_images, all_labels = data.load("cifar10", "train")
     train_images, train_labels = data.stratified_subset(all_images, all_labels, args.per_class)
     test_images, test_labels = data.load("cifar10", "test")
-    # As in chapter 4: the first half of the test set tests the models, the second half is the real reference.
-    n = min(args.test_images, 5000)
+    # As in chapter 4: the first half of the test set tests the models, the second half (its last 5,000
+    # images) is the real reference.
+    n = min(args.test_images, len(test_images) - 5000)
     test_batches = data.Batches(test_images[:n], test_labels[:n], 250, shuffle=False)
-    real_ref = data.stratified_subset(test_images[5000:], test_labels[5000:], args.samples_per_class)[0].float() / 255
-    judge, _ = load_judge("cifar10")
-    real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
-    print(f"judge: {real:.1%} of {len(test_images) - 5000} real test images", flush=True)
+    real_images, real_labels = test_images[-5000:], test_labels[-5000:]
+    real_ref = data.stratified_subset(real_images, real_labels, args.samples_per_class)[0].float() / 255
+    judge, _ = load_judge("cifar10", args.device)
+    real = classifier_accuracy(judge, real_images, real_labels, args.device)
+    print(f"judge: {real:.1%} of {len(real_images)} real test images", flush=True)
 
     gaussian = gaussian_bits_per_dim(all_images, test_images[:n])  # the yardstick on this very data
     print(f"one full-covariance Gaussian on the same data: {gaussian:.3f} bits/dim", flush=True)
@@ -120,52 +162,28 @@ def main(argv=None) -> dict | None:
                 args.epochs,
                 seed=seed,
                 deadline=deadline,
+                device=args.device,
             )
             if not state["finished"]:
                 print(f"stopped after {args.max_minutes:g} minutes; run the same command again to go on", flush=True)
                 return None
-            r = compare(
-                model,
-                test_batches,
-                judge,
-                real_ref,
-                args.samples_per_class,
-                temperatures=tuple(args.temperatures),
-                max_images=args.stats_images,
+            row, samples = judged_run(
+                model, args.runs / f"{name}_seed{seed}_figures", judge, test_batches, real_ref, args
             )
             seeds.append(
-                {
-                    "seed": seed,
-                    "training_minutes": round(state["seconds"] / 60, 2),
-                    "curve": state["curve"],
-                    "bits_per_dim": round(r["bpd"], 4),
-                    "active_groups": r["groups"],
-                    "groups": len(r["kl_groups"]),
-                    "kl_nats": round(r["kl"], 2),
-                    "kl_groups_nats": [round(k, 2) for k in r["kl_groups"]],
-                    # I(z_g; x, z_<g | y) of each group, and the cap of these estimates (log of the images per class)
-                    "mutual_information_groups_nats": [
-                        round(g["mutual_information_nats"], 3) for g in r["diagnosis"]["groups"]
-                    ],
-                    "mutual_information_cap_nats": round(r["diagnosis"]["groups"][0]["mutual_information_cap_nats"], 3),
-                    "decoder_sensitivity": round(r["sensitivity"], 4),
-                    "verdict": r["verdict"],
-                    "judged_by_temperature": {str(t): round(a, 4) for t, a in r["judged_by_temperature"].items()},
-                    "best_temperature": r["temperature"],
-                    "judged": round(r["judged"], 4),
-                    "frechet_distance": round(r["fd"], 2),
-                }
+                {"seed": seed, "training_minutes": round(state["seconds"] / 60, 2), "curve": state["curve"], **row}
             )
             print(name, json.dumps({k: v for k, v in seeds[-1].items() if k != "curve"}), flush=True)
             if seed == 0:  # the grid shows the first seed's samples
                 keep = torch.cat(
                     [torch.arange(min(4, args.samples_per_class)) + c * args.samples_per_class for c in range(10)]
                 )
-                grids.append(
-                    make_grid(r["samples"][keep], nrow=min(4, args.samples_per_class), padding=1, pad_value=1.0)
-                )
+                grids.append(make_grid(samples[keep], nrow=min(4, args.samples_per_class), padding=1, pad_value=1.0))
         # the first seed's figures at the top (its curve and grid are the ones shown), then every seed's
         rows[name] = {"remedy": asdict(config), **seeds[0], "seeds": seeds, "intervals": summary(seeds)}
+    if args.only:  # a part of the table: its runs are kept in --runs, and the last call writes the record
+        print(f"trained and judged {', '.join(rows)}; run without --only to write {args.out}", flush=True)
+        return None
     png = args.out.with_name(f"{args.out.stem}_remedy_samples.png")
     save_image(torch.stack(grids), png, nrow=len(grids), padding=4, pad_value=1.0)
     record = {
@@ -174,6 +192,7 @@ def main(argv=None) -> dict | None:
         "model": asdict(model_config),
         "train": {**asdict(optim), "batch_size": batch_size},
         "gaussian_bits_per_dim": round(gaussian, 4),
+        "gaussian_training_images": len(all_images),  # the training split it was fitted to, as loaded
         "judge_accuracy_on_real_test_images": round(real, 4),
         "frechet_distance_real_vs_real": round(frechet_distance(judge, real_ref, test_images[:n].float() / 255), 2),
         "samples_png": png.name,

@@ -129,31 +129,35 @@ def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
     assert again["models"]["hierarchical"]["curve"] == record["models"]["hierarchical"]["curve"]
 
 
-def test_remedy_table_runs(data_root, tmp_path):
-    record = _load("remedy_table").main(
-        [
-            "--per-class",
-            "2",
-            "--epochs",
-            "1",
-            "--eval-every",
-            "0.01",
-            "--test-images",
-            "50",
-            "--stats-images",
-            "50",
-            "--samples-per-class",
-            "3",
-            "--size",
-            "tiny",
-            "--seeds",
-            "2",
-            "--runs",
-            str(tmp_path / "runs"),
-            "--out",
-            str(tmp_path / "table.json"),
-        ]
-    )
+def test_remedy_table_runs(data_root, tmp_path, monkeypatch):
+    module = _load("remedy_table")
+    args = [
+        "--per-class",
+        "2",
+        "--epochs",
+        "1",
+        "--eval-every",
+        "0.01",
+        "--test-images",
+        "50",
+        "--stats-images",
+        "50",
+        "--samples-per-class",
+        "3",
+        "--size",
+        "tiny",
+        "--seeds",
+        "2",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "table.json"),
+    ]
+    assert module.main(args + ["--only", "none"]) is None and not (tmp_path / "table.json").exists()
+    judged, compare = [], module.compare
+    monkeypatch.setattr(module, "compare", lambda *a, **k: judged.append(1) or compare(*a, **k))
+    record = module.main(args)  # the two runs of "none" are read back, not judged again
+    assert len(judged) == 4 * 2 + 1
     assert list(record["remedies"]) == ["none", "warmup", "free_bits", "group_balance", "kl_balance", "beta_1e-5"]
     for name, row in record["remedies"].items():
         assert [s["seed"] for s in row["seeds"]] == ([0] if name == "beta_1e-5" else [0, 1])

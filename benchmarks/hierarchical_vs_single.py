@@ -35,7 +35,7 @@ from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
 from cvaelib.provenance import provenance
-from cvaelib.remedies import RemedyLoss
+from cvaelib.remedies import RemedyLoss, group_kls
 from cvaelib.train import default_device, ema_of, evaluate_loss, fit, seed_everything
 
 
@@ -72,9 +72,8 @@ def evaluate_point(model, loss, test_batches, device) -> dict:
     """Test bits/dim (the true negative ELBO, whatever the remedy) and, for a hierarchy, the KL of each group."""
     parts = evaluate_loss(model, loss, test_batches, device)
     point = {"test_bits_per_dim": round(bits_per_dim(parts["nelbo"], 3 * 32 * 32), 4)}
-    groups = sorted((k for k in parts if k.startswith("kl_g")), key=lambda k: int(k[4:]))
-    if groups:
-        point["test_kl_groups_nats"] = [round(parts[k], 2) for k in groups]
+    if group_kls(parts):
+        point["test_kl_groups_nats"] = [round(k, 2) for k in group_kls(parts)]
     return point
 
 

@@ -116,6 +116,9 @@ def main(argv=None) -> dict | None:
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.6, 0.8, 1.0])
     p.add_argument("--only", nargs="+", help="train and judge only these remedies (the table waits for all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per remedy (beta_1e-5: one)")
+    p.add_argument(
+        "--only-seeds", type=int, nargs="+", help="train and judge only these seeds (the table waits for all)"
+    )
     p.add_argument("--max-minutes", type=float, help="end this call after about this many minutes of training")
     p.add_argument("--device", default=str(default_device()), help="where to train (default: a GPU if there is one)")
     p.add_argument("--runs", type=Path, default=Path("runs/remedy_table"))
@@ -150,6 +153,8 @@ def main(argv=None) -> dict | None:
         config = RemedyConfig(**remedy)
         seeds = []
         for seed in range(1 if name in ONE_SEED else args.seeds):
+            if args.only_seeds and seed not in args.only_seeds:
+                continue
             state, model = race(
                 f"{name}_seed{seed}",
                 (model_config, config, optim, batch_size),
@@ -180,8 +185,11 @@ def main(argv=None) -> dict | None:
                 )
                 grids.append(make_grid(samples[keep], nrow=min(4, args.samples_per_class), padding=1, pad_value=1.0))
         # the first seed's figures at the top (its curve and grid are the ones shown), then every seed's
-        rows[name] = {"remedy": asdict(config), **seeds[0], "seeds": seeds, "intervals": summary(seeds)}
-    if args.only:  # a part of the table: its runs are kept in --runs, and the last call writes the record
+        if seeds:
+            rows[name] = {"remedy": asdict(config), **seeds[0], "seeds": seeds, "intervals": summary(seeds)}
+    if (
+        args.only or args.only_seeds
+    ):  # a part of the table: its runs are kept in --runs, and the last call writes the record
         print(f"trained and judged {', '.join(rows)}; run without --only to write {args.out}", flush=True)
         return None
     png = args.out.with_name(f"{args.out.stem}_remedy_samples.png")

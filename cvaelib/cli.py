@@ -20,7 +20,7 @@ from .evaluate import expected_seconds, report
 from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
-from .remedies import RemedyConfig, RemedyLoss
+from .remedies import RemedyConfig, RemedyLoss, group_kls
 from .train import (
     SpeedConfig,
     TrainConfig,
@@ -96,8 +96,16 @@ PROBABILITY = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 def _parser():
     p = argparse.ArgumentParser(prog="python -m cvaelib", description="Train, sample and evaluate (C)VAEs.")
     sub = p.add_subparsers(dest="command", required=True)
+    _train_options(
+        sub.add_parser("train", help="train a model; resumes if --out already holds the same model's checkpoint")
+    )
+    _sample_options(sub.add_parser("sample", help="write K samples per class to an .npz"))
+    _evaluate_options(sub.add_parser("evaluate", help="print the test figures of a checkpoint as JSON"))
+    return p
 
-    t = sub.add_parser("train", help="train a model; resumes if --out already holds the same model's checkpoint")
+
+def _train_options(t: argparse.ArgumentParser) -> None:
+    """``train``'s options of what it trains: the data, the model and the remedies (then the optimisation's)."""
     t.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
     t.add_argument("--model", default="cvae", choices=["vae", "cvae"])
     t.add_argument("--out", required=True, type=Path, help="checkpoint path, written after every epoch")
@@ -133,6 +141,11 @@ def _parser():
     t.add_argument("--group-balance", action="store_true", help="NVAE KL balancing of the groups during warm-up")
     t.add_argument("--kl-balance", type=PROBABILITY, help="DreamerV2 KL balancing with this alpha (learned prior)")
     t.add_argument("--optimal-sigma", action="store_true", help="sigma-VAE: analytic shared sigma (Gaussian)")
+    _optimisation_options(t)
+
+
+def _optimisation_options(t: argparse.ArgumentParser) -> None:
+    """``train``'s options of how it optimises and runs: batches, learning rate, guards, seed, device, speed."""
     t.add_argument(
         "--batch-size", type=POSITIVE_INT, help="default: per dataset (mnist 512, fashion_mnist 512, cifar10 128)"
     )
@@ -168,7 +181,8 @@ def _parser():
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("sample", help="write K samples per class to an .npz")
+
+def _sample_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--checkpoint", required=True, type=Path)
     s.add_argument("--n-per-class", type=POSITIVE_INT, default=10)
     s.add_argument("--out", required=True, type=Path)
@@ -183,7 +197,8 @@ def _parser():
     )
     s.add_argument("--device")
 
-    e = sub.add_parser("evaluate", help="print the test figures of a checkpoint as JSON")
+
+def _evaluate_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--checkpoint", required=True, type=Path)
     e.add_argument("--k", type=POSITIVE_INT, default=100, help="importance samples of the IWAE bound")
     e.add_argument("--n", type=POSITIVE_INT, help="evaluate on the first N test images (default: all)")
@@ -202,20 +217,46 @@ def _parser():
     e.add_argument("--seed", type=NATURAL, default=0)
     e.add_argument("--device")
     e.add_argument("--data-root")
-    return p
 
 
 def _configs(args, parser):
     """The model, optimisation and remedy configurations of ``train``; option clashes are refused, named."""
-    hierarchical = args.arch == "hierarchical"
     defaults = _defaults(args)
-    conditional = args.model == "cvae"
 
     def pick(value, key):  # `is None`, not `or`: a value of 0 is refused by the parser, never replaced
         return defaults[key] if value is None else value
 
     likelihood, latent_dim = pick(args.likelihood, "likelihood"), pick(args.latent_dim, "latent_dim")
-    prior = pick(args.prior, "prior") if conditional else "standard"
+    prior = pick(args.prior, "prior") if args.model == "cvae" else "standard"
+    for clash, message in _clashes(args, likelihood, latent_dim, prior):
+        if clash:
+            parser.error(message)
+    remedies = RemedyConfig(
+        beta=args.beta,
+        schedule=pick(args.schedule, "schedule"),
+        warmup=pick(args.warmup, "warmup"),
+        free_bits=args.free_bits,
+        group_sizes=None if args.group_sizes is None else tuple(args.group_sizes),
+        group_balance=args.group_balance,
+        kl_balance=args.kl_balance,
+        sigma="optimal" if args.optimal_sigma else None,
+    )
+    optim = TrainConfig(
+        lr=pick(args.lr, "lr"),
+        seed=args.seed,
+        clip_grad=args.clip_grad if args.clip_grad is not None else defaults.get("clip_grad"),
+        skip_grad_norm=args.skip_grad_norm if args.skip_grad_norm is not None else defaults.get("skip_grad_norm"),
+        warmup_steps=defaults.get("lr_warmup_steps", 0) if args.lr_warmup_steps is None else args.lr_warmup_steps,
+        cosine_decay=args.cosine_decay,
+    )
+    model = _model_config(args, pick, likelihood, latent_dim, prior)
+    return model, remedies, optim, pick(args.batch_size, "batch_size")
+
+
+def _clashes(args, likelihood: str, latent_dim: int, prior: str) -> list[tuple[bool, str]]:
+    """(clash, message) for every combination of ``train``'s options that cannot work together."""
+    hierarchical = args.arch == "hierarchical"
+    conditional = args.model == "cvae"
     only_hierarchical = {"--size": args.size, "--groups-per-resolution": args.groups_per_resolution}
     only_flat = {
         "--latent-dim": args.latent_dim,
@@ -223,7 +264,7 @@ def _configs(args, parser):
         "--sigma": args.sigma,
         "--group-sizes": args.group_sizes,
     }
-    clashes = [
+    return [
         *(
             (value is not None and not hierarchical, f"{name} needs --arch hierarchical")
             for name, value in only_hierarchical.items()
@@ -265,11 +306,13 @@ def _configs(args, parser):
         ),
         (args.prior is not None and not conditional and args.prior != "standard", "--prior learned needs --model cvae"),
     ]
-    for clash, message in clashes:
-        if clash:
-            parser.error(message)
-    if hierarchical:
-        model = HierarchicalConfig(
+
+
+def _model_config(args, pick, likelihood: str, latent_dim: int, prior: str):
+    """``train``'s model: a ``HierarchicalConfig`` for ``--arch hierarchical``, else a ``ModelConfig``."""
+    conditional = args.model == "cvae"
+    if args.arch == "hierarchical":
+        return HierarchicalConfig(
             image_shape=data.image_shape(args.dataset),
             num_classes=10 if conditional else 0,
             size=pick(args.size, "size"),
@@ -277,36 +320,16 @@ def _configs(args, parser):
             num_mixtures=10 if args.num_mixtures is None else args.num_mixtures,
             groups_per_resolution=args.groups_per_resolution,
         )
-    else:
-        model = ModelConfig(
-            image_shape=data.image_shape(args.dataset),
-            num_classes=10 if conditional else 0,
-            latent_dim=latent_dim,
-            arch=pick(args.arch, "arch"),
-            likelihood=likelihood,
-            conditioning=args.conditioning,
-            prior=prior,
-            sigma=args.sigma,
-        )
-    remedies = RemedyConfig(
-        beta=args.beta,
-        schedule=pick(args.schedule, "schedule"),
-        warmup=pick(args.warmup, "warmup"),
-        free_bits=args.free_bits,
-        group_sizes=None if args.group_sizes is None else tuple(args.group_sizes),
-        group_balance=args.group_balance,
-        kl_balance=args.kl_balance,
-        sigma="optimal" if args.optimal_sigma else None,
+    return ModelConfig(
+        image_shape=data.image_shape(args.dataset),
+        num_classes=10 if conditional else 0,
+        latent_dim=latent_dim,
+        arch=pick(args.arch, "arch"),
+        likelihood=likelihood,
+        conditioning=args.conditioning,
+        prior=prior,
+        sigma=args.sigma,
     )
-    optim = TrainConfig(
-        lr=pick(args.lr, "lr"),
-        seed=args.seed,
-        clip_grad=args.clip_grad if args.clip_grad is not None else defaults.get("clip_grad"),
-        skip_grad_norm=args.skip_grad_norm if args.skip_grad_norm is not None else defaults.get("skip_grad_norm"),
-        warmup_steps=defaults.get("lr_warmup_steps", 0) if args.lr_warmup_steps is None else args.lr_warmup_steps,
-        cosine_decay=args.cosine_decay,
-    )
-    return model, remedies, optim, pick(args.batch_size, "batch_size")
 
 
 def _defaults(args) -> dict:
@@ -405,6 +428,34 @@ def _process_group(world: _World, device: torch.device):
         dist.destroy_process_group()
 
 
+def _train_batches(args, batch_size: int, device: torch.device, world: _World) -> data.Batches:
+    """``train``'s training images (``--subset`` of them per class): each process its shard of every epoch's
+    permutation, in batches of its share of ``--batch-size``."""
+    images, labels = data.load(args.dataset, "train", args.data_root)
+    if args.subset is not None:
+        images, labels = data.stratified_subset(images, labels, args.subset, seed=args.seed)
+    return data.Batches(
+        images, labels, batch_size // world.size, device=device, seed=args.seed, rank=world.rank, world_size=world.size
+    )
+
+
+def _run_meta(args, model_config, remedies: RemedyConfig, optim: TrainConfig, batch_size: int) -> dict:
+    """What ``train`` stores in its checkpoint to rebuild and resume the run. A checkpoint already at ``--out``
+    must hold the same, or ``train`` refuses it (a ValueError) rather than resume another run into it."""
+    meta = {
+        "dataset": args.dataset,
+        "model": asdict(model_config),
+        "remedies": asdict(remedies),
+        "train": {**asdict(optim), "batch_size": batch_size, "subset": args.subset, "ema": _ema_decay(args)},
+    }
+    if args.out.exists() and read_checkpoint(args.out).get("meta") != meta:
+        raise ValueError(
+            f"{args.out} holds a checkpoint of a different model or setting; "
+            "choose another --out, or delete it to start over"
+        )
+    return meta
+
+
 def train(args, parser):
     """``python -m cvaelib train``; under ``torchrun --nproc_per_node N``, one model on N processes (DDP)."""
     model_config, remedies, optim, batch_size = _configs(args, parser)
@@ -415,43 +466,21 @@ def train(args, parser):
             "which take equal shares of every batch"
         )
     say = print if world.rank == 0 else (lambda *a, **k: None)  # rank 0 speaks for all processes
-    meta = {
-        "dataset": args.dataset,
-        "model": asdict(model_config),
-        "remedies": asdict(remedies),
-        "train": {**asdict(optim), "batch_size": batch_size, "subset": args.subset, "ema": _ema_decay(args)},
-    }
-    # Everything that can be refused is refused before the data is read and any epoch runs.
-    if args.out.exists():
-        if read_checkpoint(args.out).get("meta") != meta:
-            raise ValueError(
-                f"{args.out} holds a checkpoint of a different model or setting; "
-                "choose another --out, or delete it to start over"
-            )
+    meta = _run_meta(args, model_config, remedies, optim, batch_size)
+    if args.out.exists():  # refused before the data is read and any epoch runs
         say(f"resuming from {args.out}")
     if world.rank == 0:  # the only writer; two processes would race on the probe file
         check_writable(args.out, "--out")
     device = _train_device(args.device, world)
     with _process_group(world, device):
-        images, labels = data.load(args.dataset, "train", args.data_root)
-        if args.subset is not None:
-            images, labels = data.stratified_subset(images, labels, args.subset, seed=args.seed)
-        # Each process its shard of every epoch's permutation, in batches of its share of --batch-size.
-        train_batches = data.Batches(
-            images,
-            labels,
-            batch_size // world.size,
-            device=device,
-            seed=args.seed,
-            rank=world.rank,
-            world_size=world.size,
-        )
+        train_batches = _train_batches(args, batch_size, device, world)
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
         seed_everything(args.seed)
         model = build_model(**asdict(model_config))
         ema = None if meta["train"]["ema"] is None else ema_of(model, meta["train"]["ema"])
         epochs = _defaults(args)["epochs"] if args.epochs is None else args.epochs
-        say(f"training a {args.model} on {args.dataset} ({len(images)} images) for {epochs} epochs on {device}")
+        images = len(train_batches.labels)
+        say(f"training a {args.model} on {args.dataset} ({images} images) for {epochs} epochs on {device}")
         if world.size > 1:
             say(
                 f"training on {world.size} processes (torchrun, DistributedDataParallel): "
@@ -482,22 +511,28 @@ def train(args, parser):
         final = {k.removeprefix("test_"): v for k, v in history[-1].items() if k.startswith("test_")}
     else:  # stopped mid-epoch: the model has moved on since the last epoch's line
         final = evaluate_loss(model if ema is None else ema.module, loss, test_batches, device)
+    figures = _final_figures(model, history, done, final, time.time() - start)
+    print(_json(figures))
+    print(f"saved {args.out}" + (f" ({done:.3g} of {epochs} epochs)" if done < epochs else ""))
+
+
+def _final_figures(model, history: list, done: float, final: dict, seconds: float) -> dict:
+    """``train``'s closing line: the test figures of the trained model (``final``, loss parts), its epochs and time."""
     figures = {
         "epochs": round(done, 3),
         "test_negative_elbo_nats": final["nelbo"],
         "test_reconstruction_nats": final["recon"],
         "test_kl_nats": final["kl"],
-        "seconds": round(time.time() - start, 1),
+        "seconds": round(seconds, 1),
     }
     if model.likelihood.discrete:
-        figures["test_bits_per_dim"] = bits_per_dim(final["nelbo"], math.prod(model_config.image_shape))
-    kl_groups = [final[k] for k in sorted((k for k in final if k.startswith("kl_g")), key=lambda k: int(k[4:]))]
+        figures["test_bits_per_dim"] = bits_per_dim(final["nelbo"], math.prod(model.image_shape))
+    kl_groups = group_kls(final)
     if kl_groups:  # a hierarchical model's KL per latent group, top-down
         figures["test_kl_groups_nats"] = kl_groups
     if history and "skipped_updates" in history[-1]:
         figures["skipped_updates"] = sum(h["skipped_updates"] for h in history)
-    print(_json(figures))
-    print(f"saved {args.out}" + (f" ({done:.3g} of {epochs} epochs)" if done < epochs else ""))
+    return figures
 
 
 def sample(args):

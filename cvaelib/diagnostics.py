@@ -83,18 +83,12 @@ def diagnose(
             f"{len(groups) - len(off)} of {len(groups)} latent groups active; KL per group (nats): "
             + ", ".join(f"{f['kl_nats']:.1f}" for f in per_group)
         )
-    if units == 0 or (total_kl < collapsed_nats and sensitivity < ignored_pixels):
-        verdict = "collapsed: z carries (almost) nothing about x and the decoder ignores it"
-    elif len(groups) > 1 and off:
-        verdict = f"partly collapsed: {len(off)} of {len(groups)} latent groups are unused (groups {off})"
-    elif len(groups) == 1 and units < model.latent_dim:
-        verdict = f"partly collapsed: {model.latent_dim - units} of {model.latent_dim} dimensions are unused"
-    else:
-        verdict = f"healthy: every latent {'group' if len(groups) > 1 else 'dimension'} is used"
+    collapsed = units == 0 or (total_kl < collapsed_nats and sensitivity < ignored_pixels)
+    verdict = _verdict(collapsed, off, len(groups), units, model.latent_dim)
     return {
         "verdict": verdict,
         "evidence": evidence,
-        "collapsed": verdict.startswith("collapsed"),
+        "collapsed": collapsed,
         "active_units": units,
         "latent_dim": model.latent_dim,
         "kl_per_dim": kl,
@@ -104,6 +98,17 @@ def diagnose(
         "groups": per_group,
         "active_groups": len(groups) - len(off),
     }
+
+
+def _verdict(collapsed: bool, off: list[int], num_groups: int, units: int, latent_dim: int) -> str:
+    """``diagnose``'s verdict: collapsed, partly collapsed (the groups, or dimensions of one group, unused), healthy."""
+    if collapsed:
+        return "collapsed: z carries (almost) nothing about x and the decoder ignores it"
+    if num_groups > 1 and off:
+        return f"partly collapsed: {len(off)} of {num_groups} latent groups are unused (groups {off})"
+    if num_groups == 1 and units < latent_dim:
+        return f"partly collapsed: {latent_dim - units} of {latent_dim} dimensions are unused"
+    return f"healthy: every latent {'group' if num_groups > 1 else 'dimension'} is used"
 
 
 @torch.no_grad()

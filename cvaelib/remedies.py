@@ -220,6 +220,15 @@ class RemedyLoss:
         return parts
 
 
+def group_kls(parts: dict, prefix: str = "") -> list[float]:
+    """Each latent group's KL, top-down, from the loss parts ``RemedyLoss`` returns (``kl_g0``, ``kl_g1``, ...) or
+    from an entry of ``fit``'s history (``prefix`` ``"train_"`` or ``"test_"``); empty for a model of one group."""
+    kls = []
+    while f"{prefix}kl_g{len(kls)}" in parts:
+        kls.append(parts[f"{prefix}kl_g{len(kls)}"])
+    return kls
+
+
 def chapter_settings(warmup: float = 0.25, free_bits: float = 4.0, kl_balance: float = 0.8) -> dict:
     """``RemedyConfig`` arguments of every remedy chapter 4 compares on its hierarchical CVAE.
 

@@ -217,7 +217,7 @@ def test_log_weight_is_log_p_x_z_minus_log_q_by_torch_distributions():
 def test_elbo_remedies_and_report_agree_on_the_kl_of_each_group():
     from cvaelib.evaluate import report
     from cvaelib.losses import elbo
-    from cvaelib.remedies import RemedyLoss
+    from cvaelib.remedies import RemedyLoss, group_kls
 
     model = tiny().eval()
     x, y = batch(4)
@@ -226,7 +226,9 @@ def test_elbo_remedies_and_report_agree_on_the_kl_of_each_group():
     torch.manual_seed(5)
     remedy = RemedyLoss()(model, x, y)
     assert parts["kl_groups"].shape == (3,)
-    torch.testing.assert_close(torch.stack([remedy[f"kl_g{g}"] for g in range(3)]), parts["kl_groups"])
+    torch.testing.assert_close(torch.stack(group_kls(remedy)), parts["kl_groups"])
+    history_entry = {f"test_{k}": v for k, v in remedy.items()}  # as fit records the parts
+    assert group_kls(history_entry, prefix="test_") == group_kls(remedy) and group_kls({"kl": 1.0}) == []
     torch.testing.assert_close(parts["kl_groups"].sum(), parts["kl"])
     torch.manual_seed(5)
     figures = report(model, [(x, y)], k=3, progress=False)

@@ -175,8 +175,17 @@ def main(argv=None) -> dict | None:
             row, samples = judged_run(
                 model, args.runs / f"{name}_seed{seed}_figures", judge, test_batches, real_ref, args
             )
+            history = torch.load(args.runs / f"{name}_seed{seed}.pt", weights_only=True, map_location="cpu")["history"]
             seeds.append(
-                {"seed": seed, "training_minutes": round(state["seconds"] / 60, 2), "curve": state["curve"], **row}
+                {
+                    "seed": seed,
+                    "training_minutes": round(state["seconds"] / 60, 2),
+                    "curve": state["curve"],
+                    # updates the guard skipped for a huge gradient, in each epoch: a run that skips them all
+                    # has stopped learning
+                    "skipped_updates_per_epoch": [h.get("skipped_updates", 0) for h in history],
+                    **row,
+                }
             )
             print(name, json.dumps({k: v for k, v in seeds[-1].items() if k != "curve"}), flush=True)
             if seed == 0:  # the grid shows the first seed's samples
@@ -196,6 +205,7 @@ def main(argv=None) -> dict | None:
     save_image(torch.stack(grids), png, nrow=len(grids), padding=4, pad_value=1.0)
     record = {
         **source,
+        "steps_per_epoch": len(data.Batches(train_images, train_labels, batch_size)),
         "wall_seconds": round(time.time() - began, 1),
         "model": asdict(model_config),
         "train": {**asdict(optim), "batch_size": batch_size},

@@ -164,6 +164,7 @@ def test_remedy_table_runs(data_root, tmp_path, monkeypatch):
         assert [s["seed"] for s in row["seeds"]] == ([0] if name == "beta_1e-5" else [0, 1])
         for s in row["seeds"]:
             assert s["groups"] == 3 and len(s["kl_groups_nats"]) == 3 and 0 <= s["judged"] <= 1
+            assert len(s["skipped_updates_per_epoch"]) == 1 and 0 <= s["skipped_updates_per_epoch"][0] <= 10
             assert math.isfinite(s["bits_per_dim"]) and s["best_temperature"] in (0.6, 0.8, 1.0)
         bpd = [s["bits_per_dim"] for s in row["seeds"]]
         assert row["intervals"]["bits_per_dim"]["mean"] == pytest.approx(sum(bpd) / len(bpd))

@@ -1,6 +1,6 @@
 """Chapter 4's remedy table: the hierarchical CVAE trained per remedy and seed on one budget.
 
-    python benchmarks/remedy_table.py --per-class 1000 --epochs 2 --warmup 1 --eval-every 1.5 --seeds 3
+    python benchmarks/remedy_table.py --per-class 1250 --epochs 3 --warmup 1 --eval-every 2 --seeds 3
 
 Trains the command line's hierarchical CVAE (``--arch hierarchical``) on CIFAR-10 with ``--seeds`` seeds per
 remedy of ``cvaelib.remedies.chapter_settings`` (none, KL warm-up, free bits per group, NVAE group balancing,
@@ -14,7 +14,7 @@ KL, I(x; z | y)), and judges its prior samples at each temperature with the cour
 a 95 % Student-t interval (``intervals``). Checkpoints in ``--runs``: an interrupted run resumes, and
 ``--max-minutes`` ends this call cleanly after that much training (run the same command again to go on).
 A trained run's figures are kept in ``--runs`` too, so that calls with ``--only`` side by side (one process
-per remedy on a GPU) and one last call without it make the whole table without judging a run twice.
+per core, say) and one last call without it make the whole table without judging a run twice.
 The figures and their provenance go to ``--out`` (chapter 4 reads them), a grid of samples per remedy
 beside it (its first seed). ``--device`` trains on a GPU where there is one.
 """

@@ -72,8 +72,9 @@ def evaluate_point(model, loss, test_batches, device) -> dict:
     """Test bits/dim (the true negative ELBO, whatever the remedy) and, for a hierarchy, the KL of each group."""
     parts = evaluate_loss(model, loss, test_batches, device)
     point = {"test_bits_per_dim": round(bits_per_dim(parts["nelbo"], 3 * 32 * 32), 4)}
-    if group_kls(parts):
-        point["test_kl_groups_nats"] = [round(k, 2) for k in group_kls(parts)]
+    kls = group_kls(parts)
+    if kls:
+        point["test_kl_groups_nats"] = [round(k, 2) for k in kls]
     return point
 
 
@@ -148,6 +149,8 @@ def race(
         saved = torch.load(checkpoint, weights_only=True, map_location=device)
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
+        # updates the guard skipped for a huge gradient, in each epoch: a run that skips them all has stopped learning
+        state["skipped_updates_per_epoch"] = [h.get("skipped_updates", 0) for h in saved["history"]]
     state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches, device)  # without the average
     return {**state, "finished": True}, ema.module.eval()
 

@@ -175,15 +175,12 @@ def main(argv=None) -> dict | None:
             row, samples = judged_run(
                 model, args.runs / f"{name}_seed{seed}_figures", judge, test_batches, real_ref, args
             )
-            history = torch.load(args.runs / f"{name}_seed{seed}.pt", weights_only=True, map_location="cpu")["history"]
             seeds.append(
                 {
                     "seed": seed,
                     "training_minutes": round(state["seconds"] / 60, 2),
                     "curve": state["curve"],
-                    # updates the guard skipped for a huge gradient, in each epoch: a run that skips them all
-                    # has stopped learning
-                    "skipped_updates_per_epoch": [h.get("skipped_updates", 0) for h in history],
+                    "skipped_updates_per_epoch": state["skipped_updates_per_epoch"],
                     **row,
                 }
             )

@@ -29,12 +29,14 @@ from torchvision.utils import save_image
 
 from cvaelib import data, plots
 from cvaelib.baselines import gaussian_bits_per_dim
-from cvaelib.cli import HIERARCHICAL, default_settings, default_speed
+from cvaelib.cli import default_speed
 from cvaelib.diagnostics import diagnose
+from cvaelib.hierarchical import FROM_SIZE
 from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
 from cvaelib.provenance import provenance
+from cvaelib.recipes import HIERARCHICAL, default_recipe
 from cvaelib.remedies import RemedyLoss, group_kls
 from cvaelib.train import default_device, ema_of, evaluate_loss, fit, seed_everything
 
@@ -45,13 +47,17 @@ def contenders(size: str = "small") -> dict:
     The single-latent conv CVAE gets the hierarchical model's likelihood and learning-rate warm-up, so
     that only the latents differ.
     """
-    single, single_remedies, single_optim, single_batch, _ = default_settings("cifar10")
-    single = replace(single, likelihood="logistic_mixture")
-    single_optim = replace(single_optim, warmup_steps=HIERARCHICAL["lr_warmup_steps"])
-    hierarchical, *rest = default_settings("cifar10", "hierarchical")[:4]
+    single, hierarchical = default_recipe("cifar10"), default_recipe("cifar10", "hierarchical")
+    single_model = replace(single.model, likelihood="logistic_mixture")
+    single_optim = replace(single.train, warmup_steps=HIERARCHICAL.train.warmup_steps)
     return {
-        "single_latent": (single, single_remedies, single_optim, single_batch),
-        "hierarchical": (replace(hierarchical, size=size, **UNSET), *rest),
+        "single_latent": (single_model, single.remedies, single_optim, single.batch_size),
+        "hierarchical": (
+            replace(hierarchical.model, size=size, **FROM_SIZE),
+            hierarchical.remedies,
+            hierarchical.train,
+            hierarchical.batch_size,
+        ),
     }
 
 
@@ -62,10 +68,6 @@ def start_record(args, profile: str) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
     data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
     return provenance(0.0, settings, profile=profile, data=data_note)
-
-
-# A size preset's values, left to be filled from the preset (``HierarchicalConfig``).
-UNSET = dict(widths=None, latent_channels=None, groups_per_resolution=None, blocks_per_resolution=None)
 
 
 def evaluate_point(model, loss, test_batches, device) -> dict:
@@ -111,7 +113,7 @@ def race(
     state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
     meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
     loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
-    ema = ema_of(model, HIERARCHICAL["ema"])
+    ema = ema_of(model, HIERARCHICAL.ema)
 
     def train(max_minutes):
         history = fit(
@@ -255,7 +257,7 @@ def main(argv=None):
             "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
             "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],
             "speed": asdict(default_speed("hierarchical", args.device)),
-            "ema": HIERARCHICAL["ema"],
+            "ema": HIERARCHICAL.ema,
             "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
             "active_groups": d["active_groups"],
             "diagnosis": diagnosis(model, d, test_batches, args.out.with_name(f"{args.out.stem}_{name}_groups.png")),

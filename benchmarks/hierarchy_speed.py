@@ -22,9 +22,10 @@ from dataclasses import replace
 import torch
 
 from cvaelib import data
-from cvaelib.cli import HIERARCHICAL, default_speed
+from cvaelib.cli import default_speed
 from cvaelib.hierarchical import HierarchicalCVAE
 from cvaelib.provenance import device_description
+from cvaelib.recipes import HIERARCHICAL
 from cvaelib.remedies import RemedyConfig, RemedyLoss
 from cvaelib.train import SpeedConfig, TrainConfig, bf16_is_fast, ema_of, fit
 
@@ -34,9 +35,9 @@ def images_per_second(images, labels, size, batch_size, speed, steps, warmup, em
     model = HierarchicalCVAE(size=size)
     batches = data.Batches(images[: batch_size * (steps + warmup)], labels[: batch_size * (steps + warmup)], batch_size)
     loss = RemedyLoss(RemedyConfig(schedule="linear", warmup=1.0), steps_per_epoch=len(batches))
-    config = TrainConfig(clip_grad=HIERARCHICAL["clip_grad"], skip_grad_norm=HIERARCHICAL["skip_grad_norm"])
+    config = TrainConfig(clip_grad=HIERARCHICAL.train.clip_grad, skip_grad_norm=HIERARCHICAL.train.skip_grad_norm)
     if ema is not None:  # the command line's default: its learning-rate warm-up too
-        config = replace(config, warmup_steps=HIERARCHICAL["lr_warmup_steps"])
+        config = replace(config, warmup_steps=HIERARCHICAL.train.warmup_steps)
     times = []
 
     def timed(model, x, y):  # the loss, with a clock at every step (a host sync per step, as skip_grad_norm has)
@@ -89,8 +90,8 @@ def main(argv=None) -> list:
             }
         )
         print(rows[-1], flush=True)
-    default, batch_size = default_speed("hierarchical", "cpu"), HIERARCHICAL["batch_size"]
-    rate = images_per_second(images, labels, a.size, batch_size, default, a.steps, a.warmup, HIERARCHICAL["ema"])
+    default, batch_size = default_speed("hierarchical", "cpu"), HIERARCHICAL.batch_size
+    rate = images_per_second(images, labels, a.size, batch_size, default, a.steps, a.warmup, HIERARCHICAL.ema)
     rows.append(
         {
             "bf16": default.bf16,

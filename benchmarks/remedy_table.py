@@ -31,13 +31,14 @@ from scipy import stats
 from torchvision.utils import make_grid, save_image
 
 sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script or loaded by the tests
-from hierarchical_vs_single import UNSET, race, start_record  # noqa: E402
+from hierarchical_vs_single import race, start_record  # noqa: E402
 
 from cvaelib import data  # noqa: E402
 from cvaelib.baselines import gaussian_bits_per_dim
-from cvaelib.cli import default_settings  # noqa: E402
 from cvaelib.diagnostics import compare  # noqa: E402
+from cvaelib.hierarchical import FROM_SIZE  # noqa: E402
 from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge  # noqa: E402
+from cvaelib.recipes import default_recipe  # noqa: E402
 from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
 from cvaelib.train import default_device  # noqa: E402
 
@@ -142,8 +143,12 @@ def main(argv=None) -> dict | None:
     gaussian = gaussian_bits_per_dim(all_images, test_images[:n])  # the yardstick on this very data
     print(f"one full-covariance Gaussian on the same data: {gaussian:.3f} bits/dim", flush=True)
 
-    model_config, _, optim, batch_size, _ = default_settings("cifar10", "hierarchical")
-    model_config = replace(model_config, size=args.size, **UNSET)
+    recipe = default_recipe("cifar10", "hierarchical")
+    model_config, optim, batch_size = (
+        replace(recipe.model, size=args.size, **FROM_SIZE),
+        recipe.train,
+        recipe.batch_size,
+    )
     remedies = chapter_settings(args.warmup, args.free_bits)
     deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
     rows, grids = {}, []

@@ -26,16 +26,18 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import ToTensor
 
-from cvaelib import CVAE, data
-from cvaelib.cli import DEFAULTS
+from cvaelib import data
 from cvaelib.evaluate import negative_elbo
 from cvaelib.losses import elbo
+from cvaelib.models import build_model
+from cvaelib.recipes import default_recipe
 from cvaelib.train import SpeedConfig, TrainConfig, fit
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -65,8 +67,7 @@ def _batches(loop, images, labels, batch_size, device, workers, seed=0):
 
 def _default_model(dataset):
     torch.manual_seed(0)
-    d = DEFAULTS[dataset]
-    return CVAE(data.image_shape(dataset), 10, d["latent_dim"], d["arch"], d["likelihood"], prior=d["prior"])
+    return build_model(**asdict(default_recipe(dataset).model))
 
 
 def _peak_mb(device):

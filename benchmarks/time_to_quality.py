@@ -3,7 +3,7 @@
     python benchmarks/time_to_quality.py --datasets mnist fashion_mnist
 
 For each dataset, in one run: loads the course's judge (``cvaelib.judge.load_judge``), then (a) the
-command line's default CVAE (``cvaelib.cli.DEFAULTS``: model, batch size, learning rate, epochs) and
+command line's default CVAE (``cvaelib.recipes.default_recipe``: model, batch size, learning rate, epochs) and
 (b) a peer written the way pytorch/examples writes its VAE (an MLP CVAE 784+10 -> 400 -> 20, a
 torchvision ``ToTensor`` dataset in a ``DataLoader``, the standard normal prior, Adam 1e-3, batch
 128, binary cross-entropy summed per image). After every epoch both draw
@@ -25,10 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cvaelib import data
-from cvaelib.cli import default_settings
 from cvaelib.cli import main as cli
 from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.models import build_model
+from cvaelib.recipes import default_recipe
 from cvaelib.remedies import RemedyLoss
 from cvaelib.train import fit, seed_everything
 
@@ -109,16 +109,16 @@ def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
 
 
 def default_curve(dataset, judge, epochs, samples_per_class, train_size=None):
-    """The same for the command line's default (``cvaelib.cli.default_settings``): one ``fit`` call with its
+    """The same for the command line's default (``cvaelib.recipes.default_recipe``): one ``fit`` call with its
     configuration, learning-rate schedule included, whose weights are copied at the end of every epoch (the
     clock stops there) and judged afterwards. The test pass is left out."""
-    model_config, remedies, optim, batch_size, default_epochs = default_settings(dataset)
+    recipe = default_recipe(dataset)
     x, y = data.load(dataset, "train")
     x, y = x[:train_size], y[:train_size]
     seed_everything(0)
-    model = build_model(**asdict(model_config))
-    batches = data.Batches(x, y, batch_size, seed=0)
-    loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
+    model = build_model(**asdict(recipe.model))
+    batches = data.Batches(x, y, recipe.batch_size, seed=0)
+    loss = RemedyLoss(recipe.remedies, steps_per_epoch=len(batches))
     snapshots, start = [], time.perf_counter()
 
     def copying(model, x, y):  # at the first step of every epoch after the first, the previous one is done
@@ -127,7 +127,7 @@ def default_curve(dataset, judge, epochs, samples_per_class, train_size=None):
         return loss(model, x, y)
 
     copying.set_epoch = loss.set_epoch  # fit tells the loss its epoch (KL schedules) through this
-    fit(model, copying, batches, epochs or default_epochs, config=optim, device="cpu", progress=False)
+    fit(model, copying, batches, epochs or recipe.num_epochs, config=recipe.train, device="cpu", progress=False)
     snapshots.append((time.perf_counter() - start, model.state_dict()))
     curve = []
     for seconds, weights in snapshots:

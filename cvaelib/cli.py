@@ -1,13 +1,19 @@
 """The command line: ``python -m cvaelib train | sample | evaluate``."""
 
 import argparse
+import functools
+import inspect
 import json
 import math
 import os
+import re
 import sys
+import textwrap
 import time
+import types
+import typing
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +23,11 @@ import torch.distributed as dist
 from . import data
 from .checkpoint import check_writable, load_checkpoint, read_checkpoint, trained_epochs
 from .evaluate import expected_seconds, report
-from .hierarchical import SIZES, HierarchicalConfig
+from .hierarchical import FROM_SIZE, SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
-from .remedies import RemedyConfig, RemedyLoss, group_kls
+from .recipes import DEFAULTS, HIERARCHICAL, Recipe, default_recipe
+from .remedies import SCHEDULES, RemedyConfig, RemedyLoss, group_kls
 from .train import (
     SpeedConfig,
     TrainConfig,
@@ -32,38 +39,6 @@ from .train import (
     fit,
     seed_everything,
 )
-
-# Defaults chosen so that prior samples are the requested class (see README, "Defaults").
-DEFAULTS = {
-    # 25 epochs of batch 512 at 3e-3: >= 98 % judged within about a minute and a half of 2-core CPU
-    "mnist": dict(
-        arch="mlp", latent_dim=16, likelihood="bernoulli", prior="learned", epochs=25, batch_size=512, lr=3e-3
-    ),
-    "fashion_mnist": dict(
-        arch="conv", latent_dim=16, likelihood="bernoulli", prior="learned", epochs=15, batch_size=512, lr=3e-3
-    ),
-    "cifar10": dict(
-        arch="conv", latent_dim=64, likelihood="logistic", prior="learned", epochs=30, batch_size=128, lr=1e-3
-    ),
-}
-# --arch hierarchical (chapter 4), on any dataset: its likelihood, batch and learning rate; a KL warm-up over the
-# first epoch, without which every latent group switched off within the first hundred steps on CIFAR-10 (chapter 4);
-# VDVAE's guards: clip the gradient norm (typically 1e4 to 3e4 nats early on) and skip updates 100 times that;
-# and what a short budget needs (VDVAE): a learning-rate warm-up, and an average of the weights to test and sample.
-HIERARCHICAL = dict(
-    likelihood="logistic_mixture",
-    size="small",
-    epochs=30,
-    batch_size=32,
-    lr=1e-3,
-    schedule="linear",
-    warmup=1.0,
-    clip_grad=2e5,
-    skip_grad_norm=2e6,
-    lr_warmup_steps=200,
-    ema=0.999,
-)
-
 
 # Images per forward pass of evaluate's importance samples on a CPU: each pass encodes the batch once, so larger
 # passes share the encoder among more samples (benchmarks/evaluate_speed.py); an accelerator takes 8192.
@@ -90,7 +65,6 @@ POSITIVE_INT = _number(int, lambda v: v > 0, "a positive integer")
 NATURAL = _number(int, lambda v: v >= 0, "a non-negative integer")
 POSITIVE = _number(float, lambda v: v > 0, "a positive number")
 NON_NEGATIVE = _number(float, lambda v: v >= 0, "a non-negative number")
-PROBABILITY = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def _parser():
@@ -105,81 +79,98 @@ def _parser():
 
 
 def _train_options(t: argparse.ArgumentParser) -> None:
-    """``train``'s options of what it trains: the data, the model and the remedies (then the optimisation's)."""
+    """``train``'s options: the run's own, then one for each field of the configurations (``_config_options``)."""
     t.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
-    t.add_argument("--model", default="cvae", choices=["vae", "cvae"])
+    t.add_argument("--model", default="cvae", choices=["vae", "cvae"], help="a VAE has no label and prior N(0, I)")
+    t.add_argument("--arch", choices=[*sorted(ARCHITECTURES), "hierarchical"], help="default: per dataset")
     t.add_argument("--out", required=True, type=Path, help="checkpoint path, written after every epoch")
-    t.add_argument("--epochs", type=POSITIVE_INT, help="default: per dataset (mnist 25, fashion_mnist 15, cifar10 30)")
     t.add_argument(
         "--max-minutes",
         type=POSITIVE,
         help="stop cleanly after the epoch that passes M minutes of training; run the same command again to go on",
     )
-    t.add_argument("--latent-dim", type=POSITIVE_INT, help="size of z (mlp and conv)")
-    t.add_argument("--arch", choices=[*sorted(ARCHITECTURES), "hierarchical"])
-    t.add_argument("--size", choices=sorted(SIZES), help="--arch hierarchical: tiny, small (a CPU) or full (a GPU)")
-    t.add_argument(
-        "--groups-per-resolution",
-        type=POSITIVE_INT,
-        nargs="+",
-        help="--arch hierarchical: latent groups at each resolution, lowest first (overrides --size's)",
-    )
-    t.add_argument("--num-mixtures", type=POSITIVE_INT, help="components of --likelihood logistic_mixture (10)")
-    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS))
-    t.add_argument("--sigma", type=POSITIVE, help="Gaussian likelihoods (gaussian, sigma): the (initial) sigma")
-    t.add_argument("--conditioning", default="concat", choices=CONDITIONINGS)
-    t.add_argument("--prior", choices=PRIORS, help="a VAE always uses the standard prior")
-    t.add_argument("--beta", type=NON_NEGATIVE, default=1.0, help="weight of the KL term")
-    t.add_argument(
-        "--schedule",
-        choices=["constant", "linear", "cyclical"],
-        help="KL weight schedule (chapter 4); default: constant (--arch hierarchical: linear)",
-    )
-    t.add_argument("--warmup", type=POSITIVE, help="epochs of the KL warm-up (or of all cycles); default 1")
-    t.add_argument("--free-bits", type=NON_NEGATIVE, help="free bits: nats each latent dimension (or group) may keep")
-    t.add_argument("--group-sizes", type=POSITIVE_INT, nargs="+", help="split the latent into groups of these sizes")
-    t.add_argument("--group-balance", action="store_true", help="NVAE KL balancing of the groups during warm-up")
-    t.add_argument("--kl-balance", type=PROBABILITY, help="DreamerV2 KL balancing with this alpha (learned prior)")
-    t.add_argument("--optimal-sigma", action="store_true", help="sigma-VAE: analytic shared sigma (Gaussian)")
-    _optimisation_options(t)
-
-
-def _optimisation_options(t: argparse.ArgumentParser) -> None:
-    """``train``'s options of how it optimises and runs: batches, learning rate, guards, seed, device, speed."""
-    t.add_argument(
-        "--batch-size", type=POSITIVE_INT, help="default: per dataset (mnist 512, fashion_mnist 512, cifar10 128)"
-    )
-    t.add_argument("--lr", type=POSITIVE, help="Adam's learning rate; default: per dataset (3e-3, cifar10 1e-3)")
-    t.add_argument(
-        "--lr-warmup-steps",
-        type=NATURAL,
-        help="raise the learning rate linearly from 0 over this many steps; default 0 (--arch hierarchical: 200)",
-    )
-    t.add_argument("--cosine-decay", action="store_true", help="then lower it along a cosine to 0 at the last step")
-    t.add_argument(
-        "--ema",
-        type=_number(float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-        help="test and sample with an average of the weights of this decay (VDVAE); default: none "
-        "(--arch hierarchical: 0.999)",
-    )
-    t.add_argument("--clip-grad", type=POSITIVE, help="clip the gradient norm to this value")
-    t.add_argument("--skip-grad-norm", type=POSITIVE, help="skip updates whose gradient norm is above this (counted)")
     t.add_argument("--subset", type=POSITIVE_INT, help="train and test on this many images per class (smoke runs)")
-    t.add_argument("--seed", type=NATURAL, default=0)
     t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--data-root", help=f"dataset folder (default: ${data.ENV_VAR}, else data/ in the repository)")
-    t.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        help="mixed precision: autocast to bfloat16; default: off (--arch hierarchical: on where bfloat16 is native)",
-    )
-    t.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        help="channels-last layout for convolutions; default: off (--arch hierarchical: on)",
-    )
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for config, options in _config_options().items():
+        about = (config.__doc__ or "").split("\n")[0]
+        group = t.add_argument_group(config.__name__, f"{about} Defaults: recipes.default_recipe.")
+        for name, option in options.items():
+            kwargs = dict(dest=name, default=argparse.SUPPRESS, help=option.help)  # SUPPRESS: only typed ones are set
+            if option.kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(option.kind) is tuple:
+                kwargs.update(type=typing.get_args(option.kind)[0], nargs="+")
+            else:
+                kwargs.update(type=option.kind, choices=CHOICES.get(name))
+            group.add_argument(option.flag, **kwargs)
+            if option.can_unset:
+                unset = f"--no-{option.flag[2:]}"
+                group.add_argument(
+                    unset, dest=name, action="store_const", const=None, default=argparse.SUPPRESS, help="none"
+                )
+
+
+# ``train``'s options are the fields of these configurations, in this order; the comment beside a field is its help.
+# Not options: what the dataset and --model decide, and the recipe's parts.
+CONFIGS = (ModelConfig, HierarchicalConfig, RemedyConfig, TrainConfig, SpeedConfig, Recipe)
+NOT_OPTIONS = {"image_shape", "num_classes", "arch", "model", "remedies", "train"}
+FLAGS = {"num_epochs": "--epochs", "warmup_steps": "--lr-warmup-steps"}  # where a flag is not the field's name
+CHOICES = {
+    "likelihood": sorted(LIKELIHOODS),
+    "conditioning": CONDITIONINGS,
+    "prior": PRIORS,
+    "size": sorted(SIZES),
+    "schedule": SCHEDULES,
+}
+
+
+class Option(typing.NamedTuple):
+    """A field's option: its flag, its type (None taken out of ``X | None``), its help (the field's comment), and
+    whether ``--no-FLAG`` sets it to None (an optional field that a default recipe sets, as ``--no-ema``)."""
+
+    flag: str
+    kind: type
+    help: str | None
+    can_unset: bool
+
+
+@functools.cache
+def _config_options() -> dict[type, dict[str, Option]]:
+    """Each configuration's options by field name. A field that two configurations share (``likelihood``) is one
+    option, listed with the first."""
+    defaults = [HIERARCHICAL, *DEFAULTS.values()]
+    parts = [part for recipe in defaults for part in (recipe, recipe.model, recipe.remedies, recipe.train)]
+    options, seen = {}, set()
+    for config in CONFIGS:
+        hints, helps = typing.get_type_hints(config), _comments(config)
+        options[config] = {}
+        for f in fields(config):
+            if f.name in NOT_OPTIONS or f.name in seen:
+                continue
+            seen.add(f.name)
+            kind, optional = hints[f.name], False
+            if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):  # X | None -> X
+                kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True
+            set_by_default = any(getattr(p, f.name, None) is not None for p in parts if isinstance(p, config))
+            flag = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+            options[config][f.name] = Option(flag, kind, helps.get(f.name), optional and set_by_default)
+    return options
+
+
+def _comments(config: type) -> dict[str, str]:
+    """The comment beside each field in ``config``'s source, ``{}`` where the source cannot be read."""
+    try:
+        source = textwrap.dedent(inspect.getsource(config))  # a class defined in a function is indented
+    except OSError:
+        return {}
+    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, re.MULTILINE))
+
+
+def _flag(name: str) -> str | None:
+    """The option of the configuration field ``name``, or None."""
+    return next((o[name].flag for o in _config_options().values() if name in o), None)
 
 
 def _sample_options(s: argparse.ArgumentParser) -> None:
@@ -219,138 +210,68 @@ def _evaluate_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--data-root")
 
 
-def _configs(args, parser):
-    """The model, optimisation and remedy configurations of ``train``; option clashes are refused, named."""
-    defaults = _defaults(args)
+def _recipe(args) -> Recipe:
+    """``train``'s recipe: the dataset's default (``recipes.default_recipe``) with each typed option in place of its
+    field. A ValueError (a value or combination the configurations refuse) starts with the field's name."""
+    given = {k: v for k, v in vars(args).items() if _flag(k) is not None}  # only the typed ones (SUPPRESS)
+    base = default_recipe(args.dataset, args.arch, conditional=args.model == "cvae")
+    hierarchical = isinstance(base.model, HierarchicalConfig)
+    other = set(_config_options()[ModelConfig if hierarchical else HierarchicalConfig])
+    misplaced = sorted(other & set(given) - {f.name for f in fields(base.model)})
+    if misplaced:
+        reason = "is not an option of --arch hierarchical (its latent groups are its own)"
+        raise ValueError(f"{misplaced[0]} {reason if hierarchical else 'needs --arch hierarchical'}")
 
-    def pick(value, key):  # `is None`, not `or`: a value of 0 is refused by the parser, never replaced
-        return defaults[key] if value is None else value
+    def pick(config, **parts):
+        return replace(config, **{**parts, **{f.name: given[f.name] for f in fields(config) if f.name in given}})
 
-    likelihood, latent_dim = pick(args.likelihood, "likelihood"), pick(args.latent_dim, "latent_dim")
-    prior = pick(args.prior, "prior") if args.model == "cvae" else "standard"
-    for clash, message in _clashes(args, likelihood, latent_dim, prior):
-        if clash:
-            parser.error(message)
-    remedies = RemedyConfig(
-        beta=args.beta,
-        schedule=pick(args.schedule, "schedule"),
-        warmup=pick(args.warmup, "warmup"),
-        free_bits=args.free_bits,
-        group_sizes=None if args.group_sizes is None else tuple(args.group_sizes),
-        group_balance=args.group_balance,
-        kl_balance=args.kl_balance,
-        sigma="optimal" if args.optimal_sigma else None,
-    )
-    optim = TrainConfig(
-        lr=pick(args.lr, "lr"),
-        seed=args.seed,
-        clip_grad=args.clip_grad if args.clip_grad is not None else defaults.get("clip_grad"),
-        skip_grad_norm=args.skip_grad_norm if args.skip_grad_norm is not None else defaults.get("skip_grad_norm"),
-        warmup_steps=defaults.get("lr_warmup_steps", 0) if args.lr_warmup_steps is None else args.lr_warmup_steps,
-        cosine_decay=args.cosine_decay,
-    )
-    model = _model_config(args, pick, likelihood, latent_dim, prior)
-    return model, remedies, optim, pick(args.batch_size, "batch_size")
+    model = pick(base.model, **(FROM_SIZE if hierarchical else {}))  # a hierarchy's preset from its --size
+    return pick(base, model=model, remedies=pick(base.remedies), train=pick(base.train))
 
 
-def _clashes(args, likelihood: str, latent_dim: int, prior: str) -> list[tuple[bool, str]]:
-    """(clash, message) for every combination of ``train``'s options that cannot work together."""
-    hierarchical = args.arch == "hierarchical"
-    conditional = args.model == "cvae"
-    only_hierarchical = {"--size": args.size, "--groups-per-resolution": args.groups_per_resolution}
-    only_flat = {
-        "--latent-dim": args.latent_dim,
-        "--prior": args.prior,
-        "--sigma": args.sigma,
-        "--group-sizes": args.group_sizes,
-    }
-    return [
-        *(
-            (value is not None and not hierarchical, f"{name} needs --arch hierarchical")
-            for name, value in only_hierarchical.items()
-        ),
-        *(
-            (
-                value is not None and hierarchical,
-                f"{name} is not an option of --arch hierarchical (its latent groups are its own)",
-            )
-            for name, value in only_flat.items()
-        ),
-        (
-            args.conditioning != "concat" and hierarchical,
-            "--conditioning: --arch hierarchical adds the label at every resolution",
-        ),
-        (
-            args.num_mixtures is not None and likelihood != "logistic_mixture",
-            f"--num-mixtures needs --likelihood logistic_mixture (the likelihood is {likelihood})",
-        ),
-        (
-            args.sigma is not None and likelihood not in ("gaussian", "sigma"),
-            f"--sigma needs --likelihood gaussian or sigma (the likelihood is {likelihood})",
-        ),
-        (
-            args.optimal_sigma and likelihood != "gaussian",
-            f"--optimal-sigma needs --likelihood gaussian, not {likelihood}",
-        ),
-        (
-            args.group_balance and args.group_sizes is None and not hierarchical,
-            "--group-balance needs --group-sizes (or --arch hierarchical)",
-        ),
-        (
-            args.group_sizes is not None and not hierarchical and sum(args.group_sizes) != latent_dim,
-            f"--group-sizes {' '.join(map(str, args.group_sizes or []))} must add up to the latent size {latent_dim}",
-        ),
-        (
-            args.kl_balance is not None and prior != "learned" and not hierarchical,
-            "--kl-balance needs the learned prior (--prior learned, cvae)",
-        ),
-        (args.prior is not None and not conditional and args.prior != "standard", "--prior learned needs --model cvae"),
-    ]
+def command(dataset: str, recipe: Recipe, out: str | Path) -> str:
+    """The ``train`` command that trains ``recipe`` on ``dataset`` into ``out``: each field that differs from the
+    dataset's default recipe, as its option (chapter 4 prints the commands of its full-profile runs with it)."""
+    hierarchical = isinstance(recipe.model, HierarchicalConfig)
+    arch = "hierarchical" if hierarchical else recipe.model.arch
+    base = default_recipe(dataset, arch, conditional=recipe.model.num_classes > 0)
+    words = ["python -m cvaelib train --dataset", dataset, "--out", str(out), "--arch", arch]
+    if not recipe.model.num_classes:
+        words.append("--model vae")
+    if hierarchical and recipe.model.size != base.model.size:  # the preset's fields then compare with its own
+        words.append(f"--size {recipe.model.size}")
+        base = replace(base, model=replace(base.model, size=recipe.model.size, **FROM_SIZE))
+    for config, default in ((recipe.model, base.model), (recipe.remedies, base.remedies), (recipe.train, base.train)):
+        words += _changed(config, default)
+    return " ".join(words + _changed(recipe, base))
 
 
-def _model_config(args, pick, likelihood: str, latent_dim: int, prior: str):
-    """``train``'s model: a ``HierarchicalConfig`` for ``--arch hierarchical``, else a ``ModelConfig``."""
-    conditional = args.model == "cvae"
-    if args.arch == "hierarchical":
-        return HierarchicalConfig(
-            image_shape=data.image_shape(args.dataset),
-            num_classes=10 if conditional else 0,
-            size=pick(args.size, "size"),
-            likelihood=likelihood,
-            num_mixtures=10 if args.num_mixtures is None else args.num_mixtures,
-            groups_per_resolution=args.groups_per_resolution,
-        )
-    return ModelConfig(
-        image_shape=data.image_shape(args.dataset),
-        num_classes=10 if conditional else 0,
-        latent_dim=latent_dim,
-        arch=pick(args.arch, "arch"),
-        likelihood=likelihood,
-        conditioning=args.conditioning,
-        prior=prior,
-        sigma=args.sigma,
-    )
+def _changed(config, default) -> list[str]:
+    """The options that make ``default`` into ``config``, a configuration of the same kind."""
+    words = []
+    for f in fields(config):
+        value, flag = getattr(config, f.name), _flag(f.name)
+        if flag is None or value == getattr(default, f.name):
+            continue
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif value is None:
+            words.append(f"--no-{flag[2:]}")
+        else:
+            words += [
+                flag,
+                *(
+                    f"{v:g}" if isinstance(v, float) else str(v)
+                    for v in (value if isinstance(value, tuple) else [value])
+                ),
+            ]
+    return words
 
 
-def _defaults(args) -> dict:
-    """The dataset's defaults, and on top of them those of ``--arch hierarchical`` when it is chosen."""
-    flat = {"schedule": "constant", "warmup": 1.0}
-    return {**flat, **DEFAULTS[args.dataset], **(HIERARCHICAL if args.arch == "hierarchical" else {})}
-
-
-def default_settings(dataset: str, arch: str | None = None) -> tuple:
-    """What ``python -m cvaelib train --dataset D [--arch A]`` trains with no other option: the model,
-    remedy and optimisation configurations, batch size and epochs (``benchmarks/``)."""
-    parser = _parser()
-    argv = ["train", "--dataset", dataset, "--out", "-"] + ([] if arch is None else ["--arch", arch])
-    args = parser.parse_args(argv)
-    model, remedies, optim, batch_size = _configs(args, parser)
-    return model, remedies, optim, batch_size, _defaults(args)["epochs"]
-
-
-def _ema_decay(args) -> float | None:
-    """``--ema``, else the default of ``--arch hierarchical`` (0.999), else None: no average of the weights."""
-    return _defaults(args).get("ema") if args.ema is None else args.ema
+def _option_error(parser: argparse.ArgumentParser, error: ValueError) -> None:
+    """A configuration's ValueError as argparse's error of the option it names (exit status 2)."""
+    name, _, reason = str(error).partition(" ")
+    parser.error(f"argument {_flag(name)}: {reason}" if _flag(name) else str(error))
 
 
 def default_speed(arch: str | None, device: torch.device | str) -> SpeedConfig:
@@ -362,13 +283,9 @@ def default_speed(arch: str | None, device: torch.device | str) -> SpeedConfig:
 
 
 def _speed(args, device: torch.device) -> SpeedConfig:
-    """``--bf16``, ``--channels-last`` and ``--compile`` as given, the unset ones from ``default_speed``."""
+    """The speed options as typed, the others from ``default_speed``."""
     default = default_speed(args.arch, device)
-    return SpeedConfig(
-        bf16=default.bf16 if args.bf16 is None else args.bf16,
-        channels_last=default.channels_last if args.channels_last is None else args.channels_last,
-        compile=args.compile,
-    )
+    return replace(default, **{f.name: getattr(args, f.name) for f in fields(SpeedConfig) if hasattr(args, f.name)})
 
 
 def _test_batches(name, root, device, n=None, per_class=None):
@@ -428,25 +345,25 @@ def _process_group(world: _World, device: torch.device):
         dist.destroy_process_group()
 
 
-def _train_batches(args, batch_size: int, device: torch.device, world: _World) -> data.Batches:
+def _train_batches(args, recipe: Recipe, device: torch.device, world: _World) -> data.Batches:
     """``train``'s training images (``--subset`` of them per class): each process its shard of every epoch's
     permutation, in batches of its share of ``--batch-size``."""
     images, labels = data.load(args.dataset, "train", args.data_root)
+    seed = recipe.train.seed
     if args.subset is not None:
-        images, labels = data.stratified_subset(images, labels, args.subset, seed=args.seed)
-    return data.Batches(
-        images, labels, batch_size // world.size, device=device, seed=args.seed, rank=world.rank, world_size=world.size
-    )
+        images, labels = data.stratified_subset(images, labels, args.subset, seed=seed)
+    batch_size = recipe.batch_size // world.size
+    return data.Batches(images, labels, batch_size, device=device, seed=seed, rank=world.rank, world_size=world.size)
 
 
-def _run_meta(args, model_config, remedies: RemedyConfig, optim: TrainConfig, batch_size: int) -> dict:
+def _run_meta(args, recipe: Recipe) -> dict:
     """What ``train`` stores in its checkpoint to rebuild and resume the run. A checkpoint already at ``--out``
     must hold the same, or ``train`` refuses it (a ValueError) rather than resume another run into it."""
     meta = {
         "dataset": args.dataset,
-        "model": asdict(model_config),
-        "remedies": asdict(remedies),
-        "train": {**asdict(optim), "batch_size": batch_size, "subset": args.subset, "ema": _ema_decay(args)},
+        "model": asdict(recipe.model),
+        "remedies": asdict(recipe.remedies),
+        "train": {**asdict(recipe.train), "batch_size": recipe.batch_size, "subset": args.subset, "ema": recipe.ema},
     }
     if args.out.exists() and read_checkpoint(args.out).get("meta") != meta:
         raise ValueError(
@@ -458,27 +375,29 @@ def _run_meta(args, model_config, remedies: RemedyConfig, optim: TrainConfig, ba
 
 def train(args, parser):
     """``python -m cvaelib train``; under ``torchrun --nproc_per_node N``, one model on N processes (DDP)."""
-    model_config, remedies, optim, batch_size = _configs(args, parser)
-    world = _world()
+    try:
+        recipe = _recipe(args)
+    except ValueError as e:
+        _option_error(parser, e)
+    world, batch_size, epochs = _world(), recipe.batch_size, recipe.num_epochs
     if batch_size % world.size:
         parser.error(
             f"--batch-size {batch_size} must be divisible by the {world.size} torchrun processes, "
             "which take equal shares of every batch"
         )
     say = print if world.rank == 0 else (lambda *a, **k: None)  # rank 0 speaks for all processes
-    meta = _run_meta(args, model_config, remedies, optim, batch_size)
+    meta = _run_meta(args, recipe)
     if args.out.exists():  # refused before the data is read and any epoch runs
         say(f"resuming from {args.out}")
     if world.rank == 0:  # the only writer; two processes would race on the probe file
         check_writable(args.out, "--out")
     device = _train_device(args.device, world)
     with _process_group(world, device):
-        train_batches = _train_batches(args, batch_size, device, world)
+        train_batches = _train_batches(args, recipe, device, world)
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
-        seed_everything(args.seed)
-        model = build_model(**asdict(model_config))
-        ema = None if meta["train"]["ema"] is None else ema_of(model, meta["train"]["ema"])
-        epochs = _defaults(args)["epochs"] if args.epochs is None else args.epochs
+        seed_everything(recipe.train.seed)
+        model = build_model(**asdict(recipe.model))
+        ema = None if recipe.ema is None else ema_of(model, recipe.ema)
         images = len(train_batches.labels)
         say(f"training a {args.model} on {args.dataset} ({images} images) for {epochs} epochs on {device}")
         if world.size > 1:
@@ -487,14 +406,14 @@ def train(args, parser):
                 f"{batch_size // world.size} images per process in each batch of {batch_size}"
             )
         start = time.time()
-        loss = RemedyLoss(remedies, steps_per_epoch=len(train_batches))  # without remedies: the ELBO
+        loss = RemedyLoss(recipe.remedies, steps_per_epoch=len(train_batches))  # without remedies: the ELBO
         history = fit(
             model,
             loss,
             train_batches,
             epochs,
             test_batches=test_batches,
-            config=optim,
+            config=recipe.train,
             speed=_speed(args, device),
             device=device,
             checkpoint=args.out,

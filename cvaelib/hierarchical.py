@@ -56,6 +56,7 @@ SIZES = {
         "blocks_per_resolution": 2,
     },
 }
+FROM_SIZE = dict.fromkeys(SIZES["small"])  # a preset's fields unset: HierarchicalConfig fills them again from size
 IMAGE_SHAPES = {(3, 32, 32), (1, 28, 28)}  # 28x28 images are padded to 32x32 inside the model
 LOGVAR_BOUND = 5.0
 
@@ -172,6 +173,8 @@ class HierarchicalConfig:
             raise ValueError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
         if not isinstance(self.num_mixtures, int) or self.num_mixtures < 1:
             raise ValueError(f"num_mixtures must be a positive integer, got {self.num_mixtures!r}")
+        if self.num_mixtures != 10 and self.likelihood != "logistic_mixture":
+            raise ValueError(f"num_mixtures is the logistic mixture's: the likelihood is {self.likelihood!r}")
         for name, preset in SIZES[self.size].items():
             value = preset if getattr(self, name) is None else getattr(self, name)
             object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)

@@ -153,7 +153,7 @@ class ModelConfig:
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
         if self.prior == "learned" and self.num_classes == 0:
-            raise ValueError("a learned prior p(z|y) needs labels: set num_classes > 0")
+            raise ValueError("prior 'learned' is p(z|y): it needs labels (num_classes > 0, a CVAE)")
         if self.sigma is not None:
             if self.likelihood not in ("gaussian", "sigma"):
                 raise ValueError(

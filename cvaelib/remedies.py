@@ -13,6 +13,8 @@ import torch
 from .interface import labels_for
 from .losses import GaussianLikelihood, elbo_terms, gaussian_kl
 
+SCHEDULES = ("constant", "linear", "cyclical")  # the KL weight's schedules of beta_schedule
+
 
 def beta_schedule(kind: str, progress: float, warmup: float = 1.0, cycles: int = 4, ratio: float = 0.5) -> float:
     """The KL weight at ``progress`` (epochs done, a float) for a schedule (chapter 4).
@@ -29,7 +31,7 @@ def beta_schedule(kind: str, progress: float, warmup: float = 1.0, cycles: int =
     if kind == "cyclical":
         period = warmup / cycles
         return min(1.0, (progress % period) / (period * ratio))
-    raise ValueError(f"unknown beta schedule {kind!r}; choose constant, linear or cyclical")
+    raise ValueError(f"unknown beta schedule {kind!r}; choose one of {list(SCHEDULES)}")
 
 
 def free_bits(kl_per_dim: torch.Tensor, threshold: float, group_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -117,7 +119,7 @@ class RemedyConfig:
     free_bits: float | None = None  # nats each dimension (or group, with group_sizes) may keep for free
     group_sizes: tuple[int, ...] | None = None  # split the latent into groups of these sizes
     group_balance: bool = False  # NVAE's balancing of the groups (group_sizes, or a hierarchy's) during the warm-up
-    sigma: str | None = None  # "optimal": the sigma-VAE's analytic shared sigma (Gaussian likelihood)
+    optimal_sigma: bool = False  # the sigma-VAE's analytic shared sigma (a Gaussian likelihood)
     kl_balance: float | None = None  # alpha of DreamerV2's balancing (learned prior)
 
     def __post_init__(self):
@@ -134,17 +136,15 @@ class RemedyConfig:
             object.__setattr__(self, "group_sizes", tuple(self.group_sizes))  # a list from JSON or the CLI
             if not self.group_sizes or any(not isinstance(g, int) or g < 1 for g in self.group_sizes):
                 raise ValueError(f"group_sizes must be positive integers, got {self.group_sizes!r}")
-        if self.sigma not in (None, "optimal"):
-            raise ValueError(f"sigma must be None or 'optimal', got {self.sigma!r}")
         if self.kl_balance is not None and not 0 <= self.kl_balance <= 1:
-            raise ValueError(f"kl_balance (alpha) must be in [0, 1], got {self.kl_balance!r}")
+            raise ValueError(f"kl_balance must be in [0, 1] (DreamerV2's alpha), got {self.kl_balance!r}")
 
 
 class RemedyLoss:
     """A ``loss_fn`` for ``fit``: the negative ELBO with the remedies of a ``RemedyConfig`` (chapter 4).
 
     ``fit`` calls ``set_epoch`` each epoch; the schedule then advances with every training step.
-    With ``sigma="optimal"``, each training batch uses its own best sigma (Rybkin et al. 2021), and
+    With ``optimal_sigma``, each training batch uses its own best sigma (Rybkin et al. 2021), and
     the model's likelihood keeps the sigma fitted on the epoch's training batches so far: at test
     time (and in a checkpoint, and in ``evaluate``) the model uses that stored sigma.
     """
@@ -168,7 +168,7 @@ class RemedyLoss:
         likelihood = model.likelihood
         if not isinstance(likelihood, GaussianLikelihood) or isinstance(likelihood.log_sigma, torch.nn.Parameter):
             raise ValueError(
-                "sigma='optimal' needs a fixed-sigma Gaussian decoder: build the model with likelihood='gaussian'"
+                "optimal_sigma needs a fixed-sigma Gaussian decoder: build the model with likelihood='gaussian'"
             )
         if not model.training:
             return -likelihood.log_prob(mean, x)
@@ -205,7 +205,7 @@ class RemedyLoss:
     def __call__(self, model, x, y=None):
         c = self.config
         out = model(x, labels_for(model, y))
-        recon = self._optimal_sigma_recon(model, x, out["params"]) if c.sigma == "optimal" else None
+        recon = self._optimal_sigma_recon(model, x, out["params"]) if c.optimal_sigma else None
         kl_fn = gaussian_kl
         if c.kl_balance is not None:  # a residual posterior: q's mean is the prior's plus an offset
             kl_fn = partial(balanced_kl, alpha=c.kl_balance, residual=model.residual_posterior)

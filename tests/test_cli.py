@@ -141,8 +141,9 @@ def test_train_cifar_with_remedies_reports_bits_per_dim(data_root, tmp_path, cap
 @pytest.mark.parametrize(
     "option,message",
     [
-        (["--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
-        (["--epochs", "-1"], "argument --epochs: must be a positive integer, got '-1'"),
+        (["--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+        (["--epochs", "-1"], "argument --epochs: must be a positive integer, got -1"),
+        (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
         (["--latent-dim", "0"], "argument --latent-dim: must be a positive integer"),
         (["--subset", "0"], "argument --subset: must be a positive integer"),
         (["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
@@ -151,18 +152,33 @@ def test_train_cifar_with_remedies_reports_bits_per_dim(data_root, tmp_path, cap
         (["--beta", "-1"], "argument --beta: must be a non-negative number"),
         (["--warmup", "0"], "argument --warmup: must be a positive number"),
         (["--free-bits", "-0.1"], "argument --free-bits: must be a non-negative number"),
-        (["--kl-balance", "1.5"], r"argument --kl-balance: must be a number in \[0, 1\]"),
+        (["--kl-balance", "1.5"], r"argument --kl-balance: must be in \[0, 1\]"),
         (["--clip-grad", "0"], "argument --clip-grad: must be a positive number"),
         (["--max-minutes", "0"], "argument --max-minutes: must be a positive number"),
         (["--seed", "-3"], "argument --seed: must be a non-negative integer"),
-        (["--sigma", "0.5"], "--sigma needs --likelihood gaussian or sigma"),
-        (["--likelihood", "gaussian", "--sigma", "0"], "argument --sigma: must be a positive number"),
-        (["--optimal-sigma"], "--optimal-sigma needs --likelihood gaussian"),
-        (["--group-balance"], "--group-balance needs --group-sizes"),
-        (["--group-sizes", "4", "4"], "--group-sizes 4 4 must add up to the latent size 16"),
-        (["--group-sizes", "0", "16"], "argument --group-sizes: must be a positive integer"),
-        (["--kl-balance", "0.8", "--prior", "standard"], "--kl-balance needs the learned prior"),
-        (["--model", "vae", "--prior", "learned"], "--prior learned needs --model cvae"),
+        (["--ema", "1"], r"argument --ema: must be a number in \(0, 1\)"),
+        (["--schedule", "steps"], "argument --schedule: invalid choice: 'steps'"),
+        (["--sigma", "0.5"], "argument --sigma: .* it needs likelihood 'gaussian' or 'sigma', not 'bernoulli'"),
+        (["--likelihood", "gaussian", "--sigma", "0"], "argument --sigma: must be positive"),
+        (["--optimal-sigma"], "argument --optimal-sigma: needs the likelihood 'gaussian', not 'bernoulli'"),
+        (["--group-balance"], "argument --group-balance: needs group_sizes, or a hierarchical model"),
+        (["--group-sizes", "4", "4"], "argument --group-sizes: 4 4 must add up to the latent size 16"),
+        (["--group-sizes", "0", "16"], "argument --group-sizes: must be positive integers"),
+        (["--kl-balance", "0.8", "--prior", "standard"], "argument --kl-balance: needs the learned prior"),
+        (["--model", "vae", "--prior", "learned"], "argument --prior: 'learned' is p\\(z\\|y\\): it needs labels"),
+        (["--size", "tiny"], "argument --size: needs --arch hierarchical"),
+        (
+            ["--arch", "hierarchical", "--latent-dim", "8"],
+            "argument --latent-dim: is not an option of --arch hierarchical",
+        ),
+        (
+            ["--arch", "hierarchical", "--group-sizes", "8"],
+            "argument --group-sizes: is not an option of a hierarchical",
+        ),
+        (
+            ["--arch", "hierarchical", "--likelihood", "logistic", "--num-mixtures", "3"],
+            "argument --num-mixtures: is the",
+        ),
     ],
 )
 def test_bad_train_options_are_refused_before_any_work(option, message, tmp_path, capsys):
@@ -368,3 +384,65 @@ def test_the_hierarchy_trains_fast_and_averaged_by_default_and_each_switch_can_b
     main([*common[:7], "--latent-dim", "4", *common[11:], "--out", str(tmp_path / "c.pt")])
     speed, ema, config = used[-1]
     assert not (speed.bf16 or speed.channels_last) and ema is None and config.warmup_steps == 0
+
+
+def test_every_configuration_field_is_an_option_with_its_comment_as_help(capsys):
+    from dataclasses import fields
+
+    import cvaelib.cli as cli
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help over lines
+    for config in cli.CONFIGS:
+        for f in fields(config):
+            if f.name not in cli.NOT_OPTIONS:
+                option = cli._config_options()[config].get(f.name) or cli._flag(f.name)
+                assert option is not None and cli._flag(f.name) in text, f.name
+    assert "--lr LR Adam's learning rate" in text and "--no-ema none" in text
+
+
+def test_a_field_added_to_a_configuration_is_an_option_at_once(monkeypatch):
+    from dataclasses import dataclass
+
+    import cvaelib.cli as cli
+
+    @dataclass(frozen=True)
+    class Extra:
+        label_smoothing: float = 0.0  # how much of each label to spread over the others
+
+    monkeypatch.setattr(cli, "CONFIGS", (*cli.CONFIGS, Extra))
+    cli._config_options.cache_clear()
+    try:
+        args = cli._parser().parse_args(["train", "--dataset", "mnist", "--out", "-", "--label-smoothing", "0.1"])
+        assert args.label_smoothing == 0.1
+        assert (
+            cli._config_options()[Extra]["label_smoothing"].help == "how much of each label to spread over the others"
+        )
+    finally:
+        monkeypatch.undo()
+        cli._config_options.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "dataset,argv",
+    [
+        ("mnist", []),
+        ("mnist", ["--model", "vae", "--beta", "2", "--group-sizes", "8", "8", "--group-balance", "--lr", "0.002"]),
+        ("fashion_mnist", ["--arch", "mlp", "--likelihood", "gaussian", "--optimal-sigma", "--epochs", "3"]),
+        (
+            "cifar10",
+            ["--arch", "hierarchical", "--size", "full", "--no-ema", "--lr-warmup-steps", "0", "--warmup", "2"],
+        ),
+        ("cifar10", ["--arch", "hierarchical", "--size", "tiny", "--groups-per-resolution", "1", "1", "2"]),
+        ("cifar10", ["--arch", "hierarchical", "--kl-balance", "0.8", "--no-clip-grad", "--batch-size", "64"]),
+    ],
+)
+def test_the_command_of_a_recipe_trains_that_recipe(dataset, argv):
+    import cvaelib.cli as cli
+
+    parser = cli._parser()
+    recipe = cli._recipe(parser.parse_args(["train", "--dataset", dataset, "--out", "-", *argv]))
+    line = cli.command(dataset, recipe, "run.pt")
+    assert line.startswith(f"python -m cvaelib train --dataset {dataset} --out run.pt")
+    assert cli._recipe(parser.parse_args(line.split()[3:])) == recipe

@@ -22,7 +22,7 @@ def _batches(data_root, per_class=5, name="mnist"):
         (RemedyConfig(schedule="linear", warmup=2), "bernoulli"),
         (RemedyConfig(free_bits=0.1, kl_balance=0.8), "bernoulli"),
         (RemedyConfig(group_sizes=(2, 4), group_balance=True, schedule="linear", warmup=2), "bernoulli"),
-        (RemedyConfig(sigma="optimal"), "gaussian"),
+        (RemedyConfig(optimal_sigma=True), "gaussian"),
     ],
 )
 def test_every_remedy_trains_on_cuda(data_root, remedies, likelihood):

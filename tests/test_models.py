@@ -92,7 +92,7 @@ def test_labels_required_exactly_when_conditional():
         (dict(arch="resnet"), "unknown arch 'resnet'"),
         (dict(conditioning="film"), "unknown conditioning 'film'"),
         (dict(prior="vamp"), "unknown prior 'vamp'"),
-        (dict(num_classes=0, prior="learned"), "a learned prior p\\(z\\|y\\) needs labels"),
+        (dict(num_classes=0, prior="learned"), "prior 'learned' is p\\(z\\|y\\): it needs labels"),
         (dict(latent_dim=0), "latent_dim must be a positive integer, got 0"),
         (dict(sigma=0.5), "sigma is a Gaussian likelihood.s"),
         (dict(likelihood="gaussian", sigma=-1.0), "sigma must be positive"),

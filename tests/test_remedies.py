@@ -109,7 +109,7 @@ def test_remedy_loss_options_are_checked():
     with pytest.raises(ValueError, match="unknown beta schedule"):
         RemedyConfig(schedule="step")
     with pytest.raises(ValueError, match="needs a fixed-sigma Gaussian decoder"):
-        RemedyLoss(RemedyConfig(sigma="optimal"))(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
+        RemedyLoss(RemedyConfig(optimal_sigma=True))(CVAE(latent_dim=2), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))
     for bad, message in [
         (dict(beta=-1.0), "beta must be a non-negative"),
         (dict(warmup=0.0), "warmup must be a positive"),
@@ -120,7 +120,7 @@ def test_remedy_loss_options_are_checked():
     ]:
         with pytest.raises(ValueError, match=message):
             RemedyConfig(**bad)
-    config = RemedyConfig(group_sizes=[2, 4], kl_balance=0.5, sigma="optimal")
+    config = RemedyConfig(group_sizes=[2, 4], kl_balance=0.5, optimal_sigma=True)
     assert config.group_sizes == (2, 4)  # a list (JSON, the command line) is kept as a tuple
 
 
@@ -136,7 +136,7 @@ def test_remedy_loss_with_every_remedy_trains(mnist_subset):
                 steps_per_epoch=len(batches),
             ),
         ),
-        (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(RemedyConfig(sigma="optimal"))),
+        (CVAE(latent_dim=6, likelihood="gaussian"), RemedyLoss(RemedyConfig(optimal_sigma=True))),
     ]:
         history = fit(model, loss, batches, 2, device="cpu", progress=False)
         # each trains: the true negative ELBO (whatever the remedy weighs) falls by a tenth or more from the first
@@ -174,7 +174,7 @@ def test_the_sigma_vae_stores_the_sigma_fitted_on_training_data_and_tests_with_i
     x, y, xt, yt = mnist_subset
     torch.manual_seed(0)
     model = CVAE(latent_dim=4, likelihood="gaussian")
-    loss = RemedyLoss(RemedyConfig(sigma="optimal"))
+    loss = RemedyLoss(RemedyConfig(optimal_sigma=True))
     history = fit(
         model,
         loss,

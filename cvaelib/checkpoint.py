@@ -68,6 +68,16 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def refuse_another_run(state: dict, meta: dict, path: str | Path, option: str = "checkpoint") -> None:
+    """Raise a ValueError unless the checkpoint ``state`` (read from ``path``) holds the run that ``meta`` describes:
+    a run never resumes into, and overwrites, another's checkpoint (``option`` names the path)."""
+    if state.get("meta") != meta:
+        raise ValueError(
+            f"{path} holds a checkpoint of another model or setting; choose another {option}, "
+            "or delete it to start over"
+        )
+
+
 def trained_epochs(state: dict) -> tuple[float, int | None]:
     """How far the run in a checkpoint got: the epochs done (with a fraction when it stopped mid-epoch)
     and the epochs it was asked for (None in files written before checkpoints recorded it)."""

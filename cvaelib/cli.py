@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from . import data
-from .checkpoint import check_writable, load_checkpoint, read_checkpoint, trained_epochs
+from .checkpoint import check_writable, load_checkpoint, read_checkpoint, refuse_another_run, trained_epochs
 from .evaluate import expected_seconds, report
 from .hierarchical import FROM_SIZE, SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
@@ -359,17 +359,9 @@ def _train_batches(args, recipe: Recipe, device: torch.device, world: _World) ->
 def _run_meta(args, recipe: Recipe) -> dict:
     """What ``train`` stores in its checkpoint to rebuild and resume the run. A checkpoint already at ``--out``
     must hold the same, or ``train`` refuses it (a ValueError) rather than resume another run into it."""
-    meta = {
-        "dataset": args.dataset,
-        "model": asdict(recipe.model),
-        "remedies": asdict(recipe.remedies),
-        "train": {**asdict(recipe.train), "batch_size": recipe.batch_size, "subset": args.subset, "ema": recipe.ema},
-    }
-    if args.out.exists() and read_checkpoint(args.out).get("meta") != meta:
-        raise ValueError(
-            f"{args.out} holds a checkpoint of a different model or setting; "
-            "choose another --out, or delete it to start over"
-        )
+    meta = recipe.meta(args.dataset, args.subset)
+    if args.out.exists():
+        refuse_another_run(read_checkpoint(args.out), meta, args.out, "--out")
     return meta
 
 

@@ -6,7 +6,7 @@ sigma-VAE on a Gaussian decoder, ...), so that a bad combination is refused befo
 line makes its options from these fields (``cli``), and the benchmarks start from the same defaults.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from . import data
 from .hierarchical import HierarchicalConfig
@@ -50,6 +50,12 @@ class Recipe:
             raise ValueError(f"optimal_sigma needs the likelihood 'gaussian', not {model.likelihood!r}")
         if remedies.kl_balance is not None and not hierarchical and model.prior != "learned":
             raise ValueError("kl_balance needs the learned prior p(z|y): prior 'learned', in a CVAE")
+
+    def meta(self, dataset: str, subset: int | None = None) -> dict:
+        """What ``train`` stores in a checkpoint of this recipe on ``dataset`` (``subset``: ``--subset``'s images per
+        class): a run resumes only from a checkpoint that holds the same, and chapter 4 loads one only then."""
+        train = {**asdict(self.train), "batch_size": self.batch_size, "subset": subset, "ema": self.ema}
+        return {"dataset": dataset, "model": asdict(self.model), "remedies": asdict(self.remedies), "train": train}
 
 
 def _flat(latent_dim: int, arch: str, likelihood: str, lr: float, batch_size: int, num_epochs: int) -> Recipe:

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import check_writable, read_checkpoint, save_checkpoint
+from .checkpoint import check_writable, read_checkpoint, refuse_another_run, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -353,11 +353,8 @@ class _SavedRun:
         if self.path is None or not Path(self.path).exists():
             return [], 0, None
         state = read_checkpoint(self.path)
-        if self.meta is not None and state.get("meta") != self.meta:  # never resume (and overwrite) another run
-            raise ValueError(
-                f"{self.path} holds a checkpoint of another model or setting; "
-                "choose another checkpoint path, or delete it to start over"
-            )
+        if self.meta is not None:
+            refuse_another_run(state, self.meta, self.path)
         if (self.ema is None) != ("ema" not in state):
             raise ValueError(
                 f"{self.path} was saved {'without' if self.ema is not None else 'with'} an average of the weights "

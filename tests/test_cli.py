@@ -73,7 +73,7 @@ def test_train_refuses_to_resume_a_different_model(data_root, tmp_path):
         data_root,
     ]
     main(args + ["--latent-dim", "2"])
-    with pytest.raises(SystemExit, match="holds a checkpoint of a different model"):
+    with pytest.raises(SystemExit, match="holds a checkpoint of another model"):
         main(args + ["--latent-dim", "3"])
     assert load_checkpoint(ckpt).latent_dim == 2  # the user's checkpoint is untouched
 
@@ -445,4 +445,5 @@ def test_the_command_of_a_recipe_trains_that_recipe(dataset, argv):
     recipe = cli._recipe(parser.parse_args(["train", "--dataset", dataset, "--out", "-", *argv]))
     line = cli.command(dataset, recipe, "run.pt")
     assert line.startswith(f"python -m cvaelib train --dataset {dataset} --out run.pt")
+    assert {a for a in argv if a.startswith("--")} <= set(line.split())  # every typed option changed the recipe
     assert cli._recipe(parser.parse_args(line.split()[3:])) == recipe

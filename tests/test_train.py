@@ -186,16 +186,16 @@ def test_the_ema_averages_the_weights_after_each_update_and_checkpoints_sample_w
         seen.append([p.detach().clone() for p in model.parameters()])
         return elbo(model, x, y)
 
-    decay, path = 0.3, tmp_path / "run.pt"
+    decay, path, config = 0.3, tmp_path / "run.pt", TrainConfig(lr=1e-2)  # steps that move the weights visibly
     ema = ema_of(model, decay)
-    fit(model, recording, batches, 1, device="cpu", checkpoint=path, meta=META, progress=False, ema=ema)
+    fit(model, recording, batches, 1, device="cpu", config=config, checkpoint=path, meta=META, progress=False, ema=ema)
     updates = seen[1:] + [list(model.parameters())]  # the weights after each of the 5 updates
     expected = [p.clone() for p in updates[0]]  # the first update is copied, as AveragedModel does
     for n, weights in enumerate(updates[1:], start=1):
         d = min(decay, (1 + n) / (10 + n))  # 2/11, 3/12, then the full decay 0.3 from the 3rd average on
         expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
-    for e, got in zip(expected, ema.module.parameters()):
-        torch.testing.assert_close(got, e)
+    for e, got in zip(expected, ema.module.parameters()):  # a fixed decay from the start is 1e-4 away, rounding 1e-7
+        torch.testing.assert_close(got, e, rtol=0, atol=1e-6)
     assert not torch.equal(expected[0], updates[-1][0])  # the average is not the last weights
     # the model a checkpoint gives for sampling and evaluation carries the average
     loaded = load_checkpoint(path)

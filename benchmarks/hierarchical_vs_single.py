@@ -29,6 +29,7 @@ from torchvision.utils import save_image
 
 from cvaelib import data, plots
 from cvaelib.baselines import gaussian_bits_per_dim
+from cvaelib.checkpoint import read_checkpoint, refuse_another_run
 from cvaelib.cli import default_speed
 from cvaelib.diagnostics import diagnose
 from cvaelib.hierarchical import FROM_SIZE
@@ -106,12 +107,14 @@ def race(
     model_config, remedies, optim, batch_size = settings
     optim = replace(optim, seed=seed)
     seed_everything(seed)
-    model = build_model(**asdict(model_config))
+    model = build_model(**asdict(model_config)).to(device)  # a finished run is only loaded: fit never moves it
     batches = data.Batches(train_images, train_labels, batch_size, seed=seed)
     checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
+    meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
+    if checkpoint.exists():  # another setting's run under this name is refused, finished or not
+        refuse_another_run(read_checkpoint(checkpoint), meta, checkpoint, "--runs folder")
     fresh = {"seconds": 0.0, "curve": [], "done": False, "threads": torch.get_num_threads()}
     state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
-    meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
     loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
     ema = ema_of(model, HIERARCHICAL.ema)
 

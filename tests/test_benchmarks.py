@@ -127,6 +127,9 @@ def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
     module.main(args)  # the budget is spent: the second run loads the checkpoints and trains no more
     again = json.loads((tmp_path / "race.json").read_text())
     assert again["models"]["hierarchical"]["curve"] == record["models"]["hierarchical"]["curve"]
+    # a finished run of another setting under the same name is refused, never loaded as this one's
+    with pytest.raises(ValueError, match="holds a checkpoint of another model or setting"):
+        module.main([*(("small" if a == "tiny" else a) for a in args), "--only", "hierarchical"])
 
 
 def test_remedy_table_runs(data_root, tmp_path, monkeypatch):

@@ -40,6 +40,10 @@ from .train import (
     seed_everything,
 )
 
+# evaluate's importance samples when --k is not given. Each is one decoder pass per test image, and a 32x32 colour
+# image costs about ten times a 28x28 grey one: at 20, the conv CVAE's whole CIFAR-10 test set takes about 2 minutes
+# on 2 cores instead of 7 to 10 at 100, and its IWAE bound is 0.013 bits/dim looser (benchmarks/evaluate_speed.py).
+DEFAULT_K = {"mnist": 100, "fashion_mnist": 100, "cifar10": 20}
 # Images per forward pass of evaluate's importance samples on a CPU: each pass encodes the batch once, so larger
 # passes share the encoder among more samples (benchmarks/evaluate_speed.py); an accelerator takes 8192.
 EVALUATE_IMAGES_PER_PASS = 4000
@@ -191,7 +195,11 @@ def _sample_options(s: argparse.ArgumentParser) -> None:
 
 def _evaluate_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--checkpoint", required=True, type=Path)
-    e.add_argument("--k", type=POSITIVE_INT, default=100, help="importance samples of the IWAE bound")
+    e.add_argument(
+        "--k",
+        type=POSITIVE_INT,
+        help="importance samples of the IWAE bound (default: 100; CIFAR-10: 20, see DEFAULT_K)",
+    )
     e.add_argument("--n", type=POSITIVE_INT, help="evaluate on the first N test images (default: all)")
     e.add_argument(
         "--stats-images",
@@ -472,10 +480,11 @@ def evaluate(args):
             file=sys.stderr,
         )
     batches = _test_batches(model.meta["dataset"], args.data_root, device, args.n)
+    k = DEFAULT_K[model.meta["dataset"]] if args.k is None else args.k
     per_pass = EVALUATE_IMAGES_PER_PASS if torch.device(device).type == "cpu" else None
-    seconds = expected_seconds(model, batches, args.k, args.channels_last, per_pass)
+    seconds = expected_seconds(model, batches, k, args.channels_last, per_pass)
     print(
-        f"evaluating {len(batches.labels)} test images: the bound, and the IWAE bound with K = {args.k} importance "
+        f"evaluating {len(batches.labels)} test images: the bound, and the IWAE bound with K = {k} importance "
         f"samples (each decoded, the image encoded once per pass); about {seconds / 60:.1f} minutes here "
         "(one batch timed; --k and --n make it shorter)",
         file=sys.stderr,
@@ -491,7 +500,7 @@ def evaluate(args):
                 **report(
                     model,
                     batches,
-                    args.k,
+                    k,
                     stats_images=args.stats_images,
                     channels_last=args.channels_last,
                     images_per_pass=per_pass,

@@ -107,7 +107,7 @@ def race(
     model_config, remedies, optim, batch_size = settings
     optim = replace(optim, seed=seed)
     seed_everything(seed)
-    model = build_model(**asdict(model_config)).to(device)  # a finished run is only loaded: fit never moves it
+    model = build_model(model_config).to(device)  # a finished run is only loaded: fit never moves it
     batches = data.Batches(train_images, train_labels, batch_size, seed=seed)
     checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
     meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}

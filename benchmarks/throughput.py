@@ -26,7 +26,6 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 
 import torch
 from PIL import Image
@@ -67,7 +66,7 @@ def _batches(loop, images, labels, batch_size, device, workers, seed=0):
 
 def _default_model(dataset):
     torch.manual_seed(0)
-    return build_model(**asdict(default_recipe(dataset).model))
+    return build_model(default_recipe(dataset).model)
 
 
 def _peak_mb(device):

@@ -15,7 +15,6 @@ for MNIST 98 % in 120 s, for Fashion-MNIST 95 % of the judge's own accuracy on r
 
 import argparse
 import time
-from dataclasses import asdict
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -116,7 +115,7 @@ def default_curve(dataset, judge, epochs, samples_per_class, train_size=None):
     x, y = data.load(dataset, "train")
     x, y = x[:train_size], y[:train_size]
     seed_everything(0)
-    model = build_model(**asdict(recipe.model))
+    model = build_model(recipe.model)
     batches = data.Batches(x, y, recipe.batch_size, seed=0)
     loss = RemedyLoss(recipe.remedies, steps_per_epoch=len(batches))
     snapshots, start = [], time.perf_counter()

@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     """
     state = read_checkpoint(path)
     try:
-        model = build_model(**state["meta"]["model"])
+        model = build_model(state["meta"]["model"])
         model.load_state_dict(_weights(state))
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} does not hold a model cvaelib can rebuild ({type(e).__name__}: {e})") from None

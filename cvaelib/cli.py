@@ -13,7 +13,7 @@ import time
 import types
 import typing
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -396,7 +396,7 @@ def train(args, parser):
         train_batches = _train_batches(args, recipe, device, world)
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
         seed_everything(recipe.train.seed)
-        model = build_model(**asdict(recipe.model))
+        model = build_model(recipe.model)
         ema = None if recipe.ema is None else ema_of(model, recipe.ema)
         images = len(train_batches.labels)
         say(f"training a {args.model} on {args.dataset} ({images} images) for {epochs} epochs on {device}")

@@ -279,7 +279,7 @@ class HierarchicalCVAE(nn.Module):
     ``groups_per_resolution`` lists the groups at each resolution, from the lowest to 16x16: three
     entries give 4x4, 8x8 and 16x16; five give 1x1 up to 16x16. ``num_classes=0``: unconditional.
     The arguments are those of ``HierarchicalConfig``, checked and kept in ``self.config``, so
-    ``HierarchicalCVAE(**asdict(model.config))`` rebuilds the model (``models.build_model``).
+    ``models.build_model(model.config)`` rebuilds the model.
     """
 
     residual_posterior = True  # q's mean and log-variance are the prior's plus offsets (remedies.balanced_kl)

@@ -9,13 +9,13 @@ A ``"learned"`` prior replaces N(0, I) by a label-dependent p(z|y) = N(mu_y, sig
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hierarchical import HierarchicalCVAE
+from .hierarchical import HierarchicalConfig, HierarchicalCVAE
 from .interface import (
     at_least_float32,
     check_images,
@@ -168,7 +168,7 @@ class CVAE(nn.Module):
     """Conditional VAE q(z|x,y), p(x|z,y); with ``num_classes=0`` a plain VAE (chapters 1-4).
 
     All arguments are plain values, checked and kept in ``self.config`` (a ``ModelConfig``) so that
-    a checkpoint can rebuild the model (``build_model(**asdict(model.config))``).
+    a checkpoint can rebuild the model (``build_model(model.config)``).
     """
 
     residual_posterior = False  # q(z|x,y) has its own mean, not the prior's plus an offset (remedies.balanced_kl)
@@ -288,11 +288,14 @@ def VAE(**kwargs) -> CVAE:
     return CVAE(num_classes=0, **kwargs)
 
 
-def build_model(**config) -> nn.Module:
-    """Rebuild a model from its config as a dict, ``asdict(model.config)`` (used by checkpoints).
+# Every kind of model the course builds from a configuration, by its ``arch``: the one place that maps one to the other.
+MODELS = {"mlp": CVAE, "conv": CVAE, "hierarchical": HierarchicalCVAE}
 
-    ``arch="hierarchical"`` is the hierarchical CVAE of chapter 4; every other arch a ``CVAE``.
-    """
-    if config.get("arch") == "hierarchical":
-        return HierarchicalCVAE(**config)
-    return CVAE(**config)
+
+def build_model(config: ModelConfig | HierarchicalConfig | dict) -> nn.Module:
+    """The model a configuration describes: a config object, or its ``asdict`` as a checkpoint stores it."""
+    fields = asdict(config) if is_dataclass(config) else dict(config)
+    arch = fields.get("arch", ModelConfig.arch)
+    if arch not in MODELS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(MODELS)}")
+    return MODELS[arch](**fields)

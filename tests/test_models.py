@@ -128,3 +128,21 @@ def test_forward_keeps_float64_and_lifts_bfloat16_to_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, y)
     assert out["log_px"].dtype == out["groups"][0].mu.dtype == out["params"].dtype == torch.float32
+
+
+def test_build_model_rebuilds_every_kind_from_its_config_or_the_dict_a_checkpoint_stores():
+    from dataclasses import asdict
+
+    from cvaelib.hierarchical import HierarchicalConfig, HierarchicalCVAE
+    from cvaelib.models import ModelConfig, build_model
+
+    for config, kind in [
+        (ModelConfig(latent_dim=3), CVAE),
+        (ModelConfig(arch="conv", latent_dim=3), CVAE),
+        (HierarchicalConfig(size="tiny"), HierarchicalCVAE),
+    ]:
+        for given in (config, asdict(config)):
+            model = build_model(given)
+            assert type(model) is kind and model.config == config
+    with pytest.raises(ValueError, match="unknown arch 'resnet'"):
+        build_model({**asdict(ModelConfig()), "arch": "resnet"})

@@ -112,7 +112,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
             if option.can_unset:
                 unset = f"--no-{option.flag[2:]}"
                 group.add_argument(
-                    unset, dest=name, action="store_const", const=None, default=argparse.SUPPRESS, help="none"
+                    unset, dest=name, action="store_const", const=None, default=argparse.SUPPRESS, help="turn it off"
                 )
 
 

@@ -399,7 +399,7 @@ def test_every_configuration_field_is_an_option_with_its_comment_as_help(capsys)
             if f.name not in cli.NOT_OPTIONS:
                 option = cli._config_options()[config].get(f.name) or cli._flag(f.name)
                 assert option is not None and cli._flag(f.name) in text, f.name
-    assert "--lr LR Adam's learning rate" in text and "--no-ema none" in text
+    assert "--lr LR Adam's learning rate" in text and "--no-ema turn it off" in text
 
 
 def test_a_field_added_to_a_configuration_is_an_option_at_once(monkeypatch):

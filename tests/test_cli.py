@@ -447,3 +447,17 @@ def test_the_command_of_a_recipe_trains_that_recipe(dataset, argv):
     assert line.startswith(f"python -m cvaelib train --dataset {dataset} --out run.pt")
     assert {a for a in argv if a.startswith("--")} <= set(line.split())  # every typed option changed the recipe
     assert cli._recipe(parser.parse_args(line.split()[3:])) == recipe
+
+
+def test_size_picks_its_own_preset_and_explicit_fields_override_it():
+    import cvaelib.cli as cli
+    from cvaelib.hierarchical import HierarchicalConfig
+
+    parser = cli._parser()
+
+    def model(*argv):
+        return cli._recipe(parser.parse_args(["train", "--dataset", "cifar10", "--out", "-", *argv])).model
+
+    assert model("--arch", "hierarchical", "--size", "full") == HierarchicalConfig(size="full")
+    tiny = model("--arch", "hierarchical", "--size", "tiny", "--latent-channels", "3")
+    assert tiny == HierarchicalConfig(size="tiny", latent_channels=3)

@@ -32,7 +32,6 @@ from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.checkpoint import read_checkpoint, refuse_another_run
 from cvaelib.cli import default_speed
 from cvaelib.diagnostics import diagnose
-from cvaelib.hierarchical import FROM_SIZE
 from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.losses import bits_per_dim
 from cvaelib.models import build_model
@@ -54,7 +53,7 @@ def contenders(size: str = "small") -> dict:
     return {
         "single_latent": (single_model, single.remedies, single_optim, single.batch_size),
         "hierarchical": (
-            replace(hierarchical.model, size=size, **FROM_SIZE),
+            hierarchical.model.resized(size),
             hierarchical.remedies,
             hierarchical.train,
             hierarchical.batch_size,

@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -36,7 +36,6 @@ from hierarchical_vs_single import race, start_record  # noqa: E402
 from cvaelib import data  # noqa: E402
 from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.diagnostics import compare  # noqa: E402
-from cvaelib.hierarchical import FROM_SIZE  # noqa: E402
 from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge  # noqa: E402
 from cvaelib.recipes import default_recipe  # noqa: E402
 from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
@@ -142,7 +141,7 @@ def main(argv=None) -> dict | None:
 
     recipe = default_recipe("cifar10", "hierarchical")
     model_config, optim, batch_size = (
-        replace(recipe.model, size=args.size, **FROM_SIZE),
+        recipe.model.resized(args.size),
         recipe.train,
         recipe.batch_size,
     )

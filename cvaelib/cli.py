@@ -23,7 +23,7 @@ import torch.distributed as dist
 from . import data
 from .checkpoint import check_writable, load_checkpoint, read_checkpoint, refuse_another_run, trained_epochs
 from .evaluate import expected_seconds, report
-from .hierarchical import FROM_SIZE, SIZES, HierarchicalConfig
+from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
 from .recipes import DEFAULTS, HIERARCHICAL, Recipe, default_recipe
@@ -233,7 +233,7 @@ def _recipe(args) -> Recipe:
     def pick(config, **parts):
         return replace(config, **{**parts, **{f.name: given[f.name] for f in fields(config) if f.name in given}})
 
-    model = pick(base.model, **(FROM_SIZE if hierarchical else {}))  # a hierarchy's preset from its --size
+    model = pick(base.model.resized(given.get("size", base.model.size)) if hierarchical else base.model)
     return pick(base, model=model, remedies=pick(base.remedies), train=pick(base.train))
 
 
@@ -248,7 +248,7 @@ def command(dataset: str, recipe: Recipe, out: str | Path) -> str:
         words.append("--model vae")
     if hierarchical and recipe.model.size != base.model.size:  # the preset's fields then compare with its own
         words.append(f"--size {recipe.model.size}")
-        base = replace(base, model=replace(base.model, size=recipe.model.size, **FROM_SIZE))
+        base = replace(base, model=base.model.resized(recipe.model.size))
     for config, default in ((recipe.model, base.model), (recipe.remedies, base.remedies), (recipe.train, base.train)):
         words += _changed(config, default)
     return " ".join(words + _changed(recipe, base))

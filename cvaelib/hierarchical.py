@@ -17,7 +17,7 @@ q = p at the start, the latents stayed unused for the first few hundred steps of
 The output is the likelihood's parameters at 32x32, by default the mixture of discretized logistics.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,6 @@ SIZES = {
         "blocks_per_resolution": 2,
     },
 }
-FROM_SIZE = dict.fromkeys(SIZES["small"])  # a preset's fields unset: HierarchicalConfig fills them again from size
 IMAGE_SHAPES = {(3, 32, 32), (1, 28, 28)}  # 28x28 images are padded to 32x32 inside the model
 LOGVAR_BOUND = 5.0
 
@@ -190,6 +189,10 @@ class HierarchicalConfig:
         for name in ("latent_channels", "blocks_per_resolution"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+    def resized(self, size: str) -> "HierarchicalConfig":
+        """The same model at another ``size``, with every field of the presets taken from that size's."""
+        return replace(self, size=size, **dict.fromkeys(SIZES[self.size]))  # unset: filled from the new size
 
 
 def _stage(width: int, blocks: int) -> list[nn.Module]:

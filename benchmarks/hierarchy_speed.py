@@ -27,7 +27,7 @@ from cvaelib.hierarchical import HierarchicalCVAE
 from cvaelib.provenance import device_description
 from cvaelib.recipes import HIERARCHICAL
 from cvaelib.remedies import RemedyConfig, RemedyLoss
-from cvaelib.train import SpeedConfig, TrainConfig, bf16_is_fast, ema_of, fit
+from cvaelib.train import SpeedConfig, bf16_is_fast, ema_of, fit
 
 
 def images_per_second(images, labels, size, batch_size, speed, steps, warmup, ema=None) -> float:
@@ -35,9 +35,8 @@ def images_per_second(images, labels, size, batch_size, speed, steps, warmup, em
     model = HierarchicalCVAE(size=size)
     batches = data.Batches(images[: batch_size * (steps + warmup)], labels[: batch_size * (steps + warmup)], batch_size)
     loss = RemedyLoss(RemedyConfig(schedule="linear", warmup=1.0), steps_per_epoch=len(batches))
-    config = TrainConfig(clip_grad=HIERARCHICAL.train.clip_grad, skip_grad_norm=HIERARCHICAL.train.skip_grad_norm)
-    if ema is not None:  # the command line's default: its learning-rate warm-up too
-        config = replace(config, warmup_steps=HIERARCHICAL.train.warmup_steps)
+    # the command line's optimisation (Adam 1e-3, clipping, skipping); its learning-rate warm-up only with its EMA
+    config = HIERARCHICAL.train if ema is not None else replace(HIERARCHICAL.train, warmup_steps=0)
     times = []
 
     def timed(model, x, y):  # the loss, with a clock at every step (a host sync per step, as skip_grad_norm has)

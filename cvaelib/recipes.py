@@ -64,8 +64,8 @@ def _flat(latent_dim: int, arch: str, likelihood: str, lr: float, batch_size: in
     return Recipe(model, train=TrainConfig(lr=lr), batch_size=batch_size, num_epochs=num_epochs)
 
 
-# Chosen so that prior samples are the requested class (README, "Defaults"): 25 epochs of batch 512 at 3e-3 reach
-# >= 98 % judged within about a minute and a half of a 2-core CPU on MNIST.
+# Chosen so that prior samples are the requested class (README, "Defaults"; benchmarks/README.md, "Time to quality",
+# gives the judged accuracy they reach and how long they take).
 DEFAULTS = {
     "mnist": _flat(16, "mlp", "bernoulli", lr=3e-3, batch_size=512, num_epochs=25),
     "fashion_mnist": _flat(16, "conv", "bernoulli", lr=3e-3, batch_size=512, num_epochs=15),

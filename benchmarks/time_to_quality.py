@@ -76,6 +76,11 @@ class ToTensorDataset(Dataset):
         return self.to_tensor(self.to_pil(self.images[i])), int(self.labels[i])
 
 
+def _weights(model: nn.Module) -> dict:
+    """A copy of the weights: ``state_dict()`` shares its tensors with the model, which later loads overwrite."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def _judged(judge, sample, samples_per_class, seed=0):
     torch.manual_seed(seed)
     requested = torch.arange(10).repeat_interleave(samples_per_class)
@@ -122,12 +127,12 @@ def default_curve(dataset, judge, epochs, samples_per_class, train_size=None):
 
     def copying(model, x, y):  # at the first step of every epoch after the first, the previous one is done
         if len(snapshots) < loss.epoch:  # fit set the epoch before this step
-            snapshots.append((time.perf_counter() - start, {k: v.clone() for k, v in model.state_dict().items()}))
+            snapshots.append((time.perf_counter() - start, _weights(model)))
         return loss(model, x, y)
 
     copying.set_epoch = loss.set_epoch  # fit tells the loss its epoch (KL schedules) through this
     fit(model, copying, batches, epochs or recipe.num_epochs, config=recipe.train, device="cpu", progress=False)
-    snapshots.append((time.perf_counter() - start, model.state_dict()))
+    snapshots.append((time.perf_counter() - start, _weights(model)))
     curve = []
     for seconds, weights in snapshots:
         model.load_state_dict(weights)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -64,8 +65,16 @@ def test_throughput_runs(data_root, capsys):
     assert "x usual" in out and "time to quality" in out
 
 
-def test_time_to_quality_runs(data_root, capsys):
-    results = _load("time_to_quality").main(
+def test_time_to_quality_runs(data_root, capsys, monkeypatch):
+    module = _load("time_to_quality")
+    judged_weights, judged = [], module._judged
+
+    def judged_keeping_weights(judge, sample, samples_per_class, seed=0):
+        judged_weights.append(torch.cat([p.detach().flatten() for p in sample.__self__.parameters()]))
+        return judged(judge, sample, samples_per_class, seed)
+
+    monkeypatch.setattr(module, "_judged", judged_keeping_weights)
+    results = module.main(
         [
             "--datasets",
             "mnist",
@@ -84,6 +93,8 @@ def test_time_to_quality_runs(data_root, capsys):
     assert len(r["peer"]) == 1 and all(0 <= acc <= 1 for _, acc in r["default"] + r["peer"])
     # one point per epoch of the one training run, its clock going forward
     assert len(r["default"]) == 2 and 0 < r["default"][0][0] < r["default"][1][0]
+    # each point judges its own epoch's weights (the last one once judged the weights before it)
+    assert not torch.equal(judged_weights[0], judged_weights[1])
     assert r["peer_to_peer_final"] == r["peer"][0][0]  # the peer reaches its own final accuracy at its last epoch
     assert "time to the peer's final" in capsys.readouterr().out
 

@@ -282,17 +282,17 @@ def _option_error(parser: argparse.ArgumentParser, error: ValueError) -> None:
     parser.error(f"argument {_flag(name)}: {reason}" if _flag(name) else str(error))
 
 
-def default_speed(arch: str | None, device: torch.device | str) -> SpeedConfig:
-    """The speed switches ``train`` uses when none is given: for ``--arch hierarchical`` bfloat16 where the
-    device has native bfloat16, and channels-last, measured fastest for it (``benchmarks/hierarchy_speed.py``);
-    for every other model neither."""
-    hierarchical = arch == "hierarchical"
-    return SpeedConfig(bf16=hierarchical and bf16_is_fast(device), channels_last=hierarchical)
+def default_speed(arch: str, device: torch.device | str) -> SpeedConfig:
+    """The speed switches ``train`` uses when none is given: for convolutions (``--arch hierarchical`` or
+    ``conv``) bfloat16 where the device has native bfloat16, and channels-last, measured fastest for them
+    (``benchmarks/training_speed.py``); for the MLP neither."""
+    convolutional = arch in ("hierarchical", "conv")
+    return SpeedConfig(bf16=convolutional and bf16_is_fast(device), channels_last=convolutional)
 
 
-def _speed(args, device: torch.device) -> SpeedConfig:
-    """The speed options as typed, the others from ``default_speed``."""
-    default = default_speed(args.arch, device)
+def _speed(args, arch: str, device: torch.device) -> SpeedConfig:
+    """The speed options as typed, the others from ``default_speed`` for the model's ``arch``."""
+    default = default_speed(arch, device)
     return replace(default, **{f.name: getattr(args, f.name) for f in fields(SpeedConfig) if hasattr(args, f.name)})
 
 
@@ -414,7 +414,7 @@ def train(args, parser):
             epochs,
             test_batches=test_batches,
             config=recipe.train,
-            speed=_speed(args, device),
+            speed=_speed(args, recipe.model.arch, device),
             device=device,
             checkpoint=args.out,
             meta=meta,

@@ -260,14 +260,23 @@ def test_rate_distortion_runs_and_resumes(data_root, tmp_path, capsys):
     assert "include 1" in capsys.readouterr().err
 
 
-def test_hierarchy_speed_runs(data_root, capsys):
+def test_training_speed_runs(data_root, capsys):
     from cvaelib.train import bf16_is_fast
 
-    rows = _load("hierarchy_speed").main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--size", "tiny"])
+    module = _load("training_speed")
+    rows = module.main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--size", "tiny"])
     assert len(rows) == (4 if bf16_is_fast("cpu") else 2) + 1 and all(r["images_per_s"] > 0 for r in rows)
     # the last row: what --arch hierarchical trains with, the average of the weights included
     assert rows[-1]["ema"] and rows[-1]["channels_last"] and rows[-1]["bf16"] == bf16_is_fast("cpu")
     assert "| float32 | contiguous | no | 4 | no |" in capsys.readouterr().out
+    # a flat CVAE (its last row at the recipe's batch of 512: enough images for 3 steps): the conv one as the
+    # dataset's default trains it (no EMA), the MLP without a memory layout
+    common = ["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--train-size", "1536", "--dataset", "mnist"]
+    rows = module.main([*common, "--arch", "conv"])
+    assert len(rows) == (4 if bf16_is_fast("cpu") else 2) + 1 and not rows[-1]["ema"] and rows[-1]["channels_last"]
+    rows = module.main([*common, "--arch", "mlp"])
+    assert len(rows) == (2 if bf16_is_fast("cpu") else 1) + 1 and not any(r["channels_last"] for r in rows)
+    assert not rows[-1]["bf16"] and "--arch mlp: ModelConfig" in capsys.readouterr().out
 
 
 def test_evaluate_speed_runs(data_root, tmp_path):

@@ -380,10 +380,14 @@ def test_the_hierarchy_trains_fast_and_averaged_by_default_and_each_switch_can_b
     speed, ema, _ = used[-1]
     assert not speed.bf16 and not speed.channels_last
     assert load_checkpoint(tmp_path / "b.pt").meta["train"]["ema"] == 0.9
-    # a flat model keeps every switch off, and no average, unless asked
+    # CIFAR-10's default, a conv CVAE: the same speed switches, without the average or the warm-up
     main([*common[:7], "--latent-dim", "4", *common[11:], "--out", str(tmp_path / "c.pt")])
     speed, ema, config = used[-1]
-    assert not (speed.bf16 or speed.channels_last) and ema is None and config.warmup_steps == 0
+    assert speed.channels_last and speed.bf16 == bf16_is_fast("cpu") and ema is None and config.warmup_steps == 0
+    # an MLP keeps every switch off
+    main([*common[:7], "--latent-dim", "4", "--arch", "mlp", *common[11:], "--out", str(tmp_path / "d.pt")])
+    speed, ema, config = used[-1]
+    assert not (speed.bf16 or speed.channels_last) and ema is None
 
 
 def test_every_configuration_field_is_an_option_with_its_comment_as_help(capsys):

@@ -283,11 +283,10 @@ def _option_error(parser: argparse.ArgumentParser, error: ValueError) -> None:
 
 
 def default_speed(arch: str, device: torch.device | str) -> SpeedConfig:
-    """The speed switches ``train`` uses when none is given: for convolutions (``--arch hierarchical`` or
-    ``conv``) bfloat16 where the device has native bfloat16, and channels-last, measured fastest for them
-    (``benchmarks/training_speed.py``); for the MLP neither."""
-    convolutional = arch in ("hierarchical", "conv")
-    return SpeedConfig(bf16=convolutional and bf16_is_fast(device), channels_last=convolutional)
+    """The speed switches ``train`` uses when none is given, measured fastest (``benchmarks/training_speed.py``):
+    bfloat16 where the device has native bfloat16, for every model; channels-last for convolutions
+    (``--arch hierarchical`` or ``conv``)."""
+    return SpeedConfig(bf16=bf16_is_fast(device), channels_last=arch in ("hierarchical", "conv"))
 
 
 def _speed(args, arch: str, device: torch.device) -> SpeedConfig:

@@ -67,8 +67,8 @@ def _flat(latent_dim: int, arch: str, likelihood: str, lr: float, batch_size: in
 # Chosen so that prior samples are the requested class (README, "Defaults"; benchmarks/README.md, "Time to quality",
 # gives the judged accuracy they reach and how long they take).
 DEFAULTS = {
-    "mnist": _flat(16, "mlp", "bernoulli", lr=3e-3, batch_size=512, num_epochs=25),
-    "fashion_mnist": _flat(16, "conv", "bernoulli", lr=3e-3, batch_size=512, num_epochs=15),
+    "mnist": _flat(16, "mlp", "bernoulli", lr=3e-3, batch_size=512, num_epochs=45),
+    "fashion_mnist": _flat(16, "conv", "bernoulli", lr=1e-3, batch_size=128, num_epochs=20),
     "cifar10": _flat(64, "conv", "logistic", lr=1e-3, batch_size=128, num_epochs=30),
 }
 # --arch hierarchical (chapter 4), on any dataset: a KL warm-up over the first epoch, without which every latent group

@@ -94,7 +94,7 @@ def reconstructions_judged(judge, model, images, labels) -> float:
     posterior's mean, the decoder's mean image): what its decoder draws when z is the image's own. Prior samples
     come from the same decoder, so they seldom look more like their class than this."""
     model.eval()
-    x = images.float().div(255).view(-1, *model.image_shape)  # (N,H,W) uint8 -> (N,C,H,W) in [0, 1]
+    x, labels = next(iter(data.Batches(images, labels, len(images), shuffle=False)))  # uint8 -> float in [0, 1]
     mu, _ = model.encode(x, labels)
     return judge_samples(judge, model.likelihood.mean(model.decode_params(mu, labels)), labels)["accuracy"]
 

@@ -206,6 +206,7 @@ def main(argv=None) -> dict | None:
         **source,
         "steps_per_epoch": len(data.Batches(train_images, train_labels, batch_size)),
         "wall_seconds": round(time.time() - began, 1),
+        "runs_training_minutes": round(sum(s["training_minutes"] for r in rows.values() for s in r["seeds"]), 1),
         "model": asdict(model_config),
         "train": {**asdict(optim), "batch_size": batch_size},
         "gaussian_bits_per_dim": round(gaussian, 4),

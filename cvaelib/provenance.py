@@ -128,8 +128,11 @@ def source_line(record: dict) -> str:
     """Where a recorded run comes from, in one line for a chapter: device, date, commit, profile, wall time,
     and the data it was made on where the record names it (its figures hold for that data)."""
     minutes = record["wall_seconds"] / 60
+    # A record collected from runs trained by earlier calls (resumed, side by side) says what they took.
+    runs = record.get("runs_training_minutes")
+    runs = f" to collect runs that trained for {runs:.0f} minutes in all" if runs else ""
     data = f"; data: {record['data']}" if record.get("data") else ""
     return (
         f"recorded run: {record['device']}, {record['date']}, commit {record['commit']}, "
-        f"profile {record['profile']}, {minutes:.0f} minutes of wall time{data}"
+        f"profile {record['profile']}, {minutes:.0f} minutes of wall time{runs}{data}"
     )

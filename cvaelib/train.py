@@ -395,11 +395,17 @@ class _Updater:
 
     def __init__(self, model, optimizer, config: TrainConfig, total_steps: int, steps_done: int, ema=None):
         self.model, self.optimizer, self.config, self.ema = model, optimizer, config, ema
+        self.total_steps, self.step = total_steps, steps_done
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])  # saved with the optimizer, so a resumed run has it too
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total_steps, config), last_epoch=steps_done - 1
-        )
+        self._set_lr()
+
+    def _set_lr(self):
+        # What torch's LambdaLR does, written out: LambdaLR warns whenever a skipped update leaves the first
+        # step of a (resumed) run without an optimizer.step, and the schedule here is a function of the step alone.
+        factor = lr_factor(self.step, self.total_steps, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
 
     def __call__(self) -> int:
         """Update the weights; 1 if the update was skipped, else 0."""
@@ -416,7 +422,8 @@ class _Updater:
                 self.optimizer.step()
         if self.ema is not None and not skipped:
             self.ema.update_parameters(self.model)
-        self.schedule.step()
+        self.step += 1
+        self._set_lr()
         return skipped
 
 

@@ -129,10 +129,6 @@ def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
         assert (tmp_path / model["judged"]["samples_png"]).exists()
     assert len(record["models"]["hierarchical"]["curve"][0]["test_kl_groups_nats"]) == 3  # tiny: 3 groups
     assert 0 < record["gaussian_bits_per_dim"] < 8  # the same-data yardstick
-    # the collecting call is short; the record says what the runs it collected took
-    minutes = sum(s["training_minutes"] for r in record["remedies"].values() for s in r["seeds"])
-    assert record["runs_training_minutes"] == pytest.approx(minutes, abs=0.05)
-    assert f"runs that trained for {minutes:.0f} minutes in all" in source_line(record)
     deep, single = (record["models"][name]["diagnosis"] for name in ("hierarchical", "single_latent"))
     assert deep["images"] == 50 and len(deep["groups"]) == 3
     assert deep["mutual_information_nats"] is None and single["mutual_information_nats"] is not None

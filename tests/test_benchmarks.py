@@ -97,7 +97,7 @@ def test_time_to_quality_runs(data_root, capsys, monkeypatch):
     assert len(r["default"]) == 2 and 0 < r["default"][0][0] < r["default"][1][0]
     # each point judges its own epoch's weights (the last one once judged the weights before it)
     assert not torch.equal(judged_weights[0], judged_weights[1])
-    assert 0 <= r["default_reconstructions_judged"] <= 1
+    assert 0 <= r["default_reconstructions_judged"] <= 1 and 0 <= r["default_refitted_prior_judged"] <= 1
     assert r["peer_to_peer_final"] == r["peer"][0][0]  # the peer reaches its own final accuracy at its last epoch
     assert "time to the peer's final" in capsys.readouterr().out
 

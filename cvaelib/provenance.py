@@ -130,7 +130,7 @@ def source_line(record: dict) -> str:
     minutes = record["wall_seconds"] / 60
     # A record collected from runs trained by earlier calls (resumed, side by side) says what they took.
     runs = record.get("runs_training_minutes")
-    runs = f" to collect runs that trained for {runs:.0f} minutes in all" if runs else ""
+    runs = "" if runs is None else f" to collect runs that trained for {runs:.0f} minutes in all"
     data = f"; data: {record['data']}" if record.get("data") else ""
     return (
         f"recorded run: {record['device']}, {record['date']}, commit {record['commit']}, "

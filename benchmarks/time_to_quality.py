@@ -108,6 +108,7 @@ def refitted_prior_judged(judge, model, images, labels, samples_per_class) -> fl
     and the reconstructions, this splits what the samples lack into the prior's share and the decoder's."""
     model.eval()
     mu = torch.cat([model.encode(x, y)[0] for x, y in data.Batches(images, labels, 2000, shuffle=False)])  # (N, D)
+    labels = labels.to(mu.device)
     torch.manual_seed(0)
     z = []
     for c in range(10):
@@ -115,7 +116,7 @@ def refitted_prior_judged(judge, model, images, labels, samples_per_class) -> fl
         # (D, D); the jitter keeps it positive definite
         cov = torch.cov(mu_c.T) + 1e-5 * torch.eye(mu.shape[1], device=mu.device)
         z.append(MultivariateNormal(mu_c.mean(0), cov).sample((samples_per_class,)))
-    requested = torch.arange(10).repeat_interleave(samples_per_class)
+    requested = torch.arange(10, device=mu.device).repeat_interleave(samples_per_class)
     x_hat = model.likelihood.mean(model.decode_params(torch.cat(z), requested))  # (10 * samples_per_class, C, H, W)
     return judge_samples(judge, x_hat, requested)["accuracy"]
 

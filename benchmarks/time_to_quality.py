@@ -146,12 +146,12 @@ def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
     return curve
 
 
-def default_curve(dataset, judge, epochs, samples_per_class, train_size=None, test=None):
+def default_curve(dataset, judge, epochs, samples_per_class, train_size, test):
     """The same for the command line's default (``cvaelib.recipes.default_recipe``): one ``fit`` call with its
     configuration and speed switches, learning-rate schedule included, whose weights are copied at the end of
-    every epoch (the clock stops there) and judged afterwards. The test pass is left out. With ``test`` (images,
-    labels): also the judged accuracy of the final model's reconstructions of them, and of its samples from a
-    prior refitted to the training images' codes (``refitted_prior_judged``)."""
+    every epoch (the clock stops there) and judged afterwards. The test pass is left out. Also the judged accuracy
+    of the final model's reconstructions of ``test`` (images, labels), and of its samples from a prior refitted
+    to the training images' codes (``refitted_prior_judged``)."""
     recipe = default_recipe(dataset)
     x, y = data.load(dataset, "train")
     x, y = x[:train_size], y[:train_size]
@@ -182,10 +182,11 @@ def default_curve(dataset, judge, epochs, samples_per_class, train_size=None, te
     for seconds, weights in snapshots:
         model.load_state_dict(weights)
         curve.append((seconds, _judged(judge, model.eval().sample, samples_per_class)))
-    if test is None:
-        return curve, None, None
-    refitted = refitted_prior_judged(judge, model, x, y, samples_per_class)
-    return curve, reconstructions_judged(judge, model, *test), refitted
+    return (
+        curve,
+        reconstructions_judged(judge, model, *test),
+        refitted_prior_judged(judge, model, x, y, samples_per_class),
+    )
 
 
 def command_seconds(dataset):

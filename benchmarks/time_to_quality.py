@@ -14,7 +14,6 @@ for MNIST 98 % in 120 s, for Fashion-MNIST 95 % of the judge's own accuracy on r
 """
 
 import argparse
-import math
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -24,18 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import MultivariateNormal
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import gaussian_blur
 
 from cvaelib import data
 from cvaelib.cli import default_speed
 from cvaelib.cli import main as cli
-from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
+from cvaelib.judge import accuracy_under_blur, classifier_accuracy, judge_samples, load_judge
 from cvaelib.models import build_model
 from cvaelib.recipes import default_recipe
 from cvaelib.remedies import RemedyLoss
 from cvaelib.train import fit, seed_everything
 
-BLUR_SIGMAS = (0.5, 0.75, 1.0)  # pixels: the judge on real test images blurred this much
 # (judged accuracy, as a share of the judge's accuracy on real test images or absolute; seconds of training)
 TARGETS = {"mnist": (0.98, False, 120), "fashion_mnist": (0.95, True, 300)}
 
@@ -124,16 +121,6 @@ def refitted_prior_judged(judge, model, images, labels, samples_per_class) -> fl
     return judge_samples(judge, x_hat, requested)["accuracy"]
 
 
-@torch.no_grad()
-def blurred_real_judged(judge, images, labels, sigmas=BLUR_SIGMAS) -> dict[float, float]:
-    """How often the judge names the class of real uint8 test images blurred by a Gaussian of each standard
-    deviation (pixels): how much blur the judge tolerates, so how sharp samples must be to reach a target set
-    against its accuracy on the images themselves. A VAE's decoder draws its mean image, which is blurred."""
-    x, labels = next(iter(data.Batches(images, labels, len(images), shuffle=False)))  # uint8 -> float in [0, 1]
-    # the kernel reaches 3 standard deviations to each side (7 pixels wide at sigma 1)
-    return {s: judge_samples(judge, gaussian_blur(x, 2 * math.ceil(3 * s) + 1, s), labels)["accuracy"] for s in sigmas}
-
-
 def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
     """(training seconds so far, judged accuracy) after each epoch of the pytorch/examples-style loop."""
     x, y = data.load(dataset, "train")
@@ -218,7 +205,7 @@ def run(dataset, peer_epochs, default_epochs, samples_per_class, with_command=Tr
     xt, yt = data.load(dataset, "test")
     judge, _ = load_judge(dataset)
     real = classifier_accuracy(judge, xt, yt)
-    blurred = blurred_real_judged(judge, xt, yt)
+    blurred = accuracy_under_blur(judge, xt, yt)  # how much blur the judge tolerates
     share, relative, budget = TARGETS[dataset]
     target = share * real if relative else share
     test = xt[:2000], yt[:2000]

@@ -6,6 +6,7 @@ generated images with a Fréchet distance computed on that classifier's features
 """
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchvision.transforms.functional import gaussian_blur
 
 from . import data
 from .data import Batches
@@ -21,6 +23,7 @@ from .train import SpeedConfig, TrainConfig, evaluate_loss, fit
 
 CHECK_IMAGES = 1000  # load_judge scores the judge on this many real test images before it is used
 CHECK_TOLERANCE = 0.05  # and refuses it if that accuracy is further than this from the recorded one
+BLUR_SIGMAS = (0.5, 0.75, 1.0)  # pixels: accuracy_under_blur's default blurs
 
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
@@ -162,6 +165,23 @@ def classifier_accuracy(classifier: nn.Module, images: torch.Tensor, labels: tor
     return evaluate_loss(
         classifier, classification_loss, Batches(images, labels, 1000, shuffle=False, device=device), device
     )["accuracy"]
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Float images (N,C,H,W) blurred by a Gaussian of standard deviation ``sigma`` pixels (torchvision's
+    ``gaussian_blur``; its kernel reaches 3 standard deviations to each side, 7 pixels wide at sigma 1)."""
+    return gaussian_blur(x, 2 * math.ceil(3 * sigma) + 1, sigma)
+
+
+@torch.no_grad()
+def accuracy_under_blur(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, sigmas=BLUR_SIGMAS) -> dict:
+    """The judge's accuracy on real uint8 images blurred by each ``sigma`` (pixels): {sigma: accuracy}.
+
+    A decoder with a per-pixel likelihood draws its mean image, which is blurred where the decoder is unsure
+    (chapter 3). How much blur the judge tolerates bounds the judged accuracy such samples can reach.
+    """
+    x, labels = next(iter(Batches(images, labels, len(images), shuffle=False)))  # uint8 -> float in [0, 1]
+    return {sigma: judge_samples(classifier, blur(x, sigma), labels)["accuracy"] for sigma in sigmas}
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ from cvaelib import data
 from cvaelib.judge import (
     CHECK_IMAGES,
     Classifier,
+    accuracy_under_blur,
+    blur,
     classifier_accuracy,
     frechet_distance,
     judge_samples,
@@ -100,3 +102,24 @@ def test_the_shipped_judges_reach_their_targets_on_real_test_images(real_data, n
     judge, _ = load_judge(name)  # checks its accuracy on the first real test images
     x, y = data.load(name, "test")
     assert classifier_accuracy(judge, x, y) == pytest.approx(record["test_accuracy"], abs=0.002)
+
+
+def test_blur_keeps_the_mass_of_a_point_and_spreads_it_by_sigma():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 14, 14] = 1.0
+    blurred = blur(x, 1.0)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5)  # the kernel is normalised
+    row = blurred[0, 0, 14, 11:18]  # the point's row, 3 pixels to each side: the kernel's 7 taps
+    kernel = torch.exp(-(torch.arange(-3.0, 4.0) ** 2) / 2)  # a Gaussian of sigma 1, up to its norm
+    torch.testing.assert_close(row / row[3], kernel / kernel[3])
+    assert torch.equal(blur(x, 1e-3), x)  # a blur far below a pixel changes nothing
+
+
+def test_the_fashion_judge_accuracy_falls_as_blur_grows(real_data):
+    judge, _ = load_judge("fashion_mnist")
+    x, y = data.load("fashion_mnist", "test")
+    x, y = x[:2000], y[:2000]
+    accuracy = accuracy_under_blur(judge, x, y, sigmas=(1e-3, 0.5, 1.0, 1.5))
+    # no blur to speak of: the judge's accuracy on the images themselves
+    assert accuracy[1e-3] == pytest.approx(classifier_accuracy(judge, x, y), abs=1e-6)
+    assert accuracy[1e-3] > accuracy[0.5] > accuracy[1.0] > accuracy[1.5]

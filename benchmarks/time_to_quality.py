@@ -11,6 +11,8 @@ torchvision ``ToTensor`` dataset in a ``DataLoader``, the standard normal prior,
 timed. Prints each curve, the seconds each needs to reach the accuracy the peer ends with, their
 ratio, and the seconds the default needs to reach its target: a judged accuracy within a time budget,
 for MNIST 98 % in 120 s, for Fashion-MNIST 95 % of the judge's own accuracy on real test images in 300 s.
+Also the judge's accuracy on the test images blurred (``judge.accuracy_under_blur``): a decoder's mean image is
+blurred, and these say how much blur the target leaves room for.
 """
 
 import argparse

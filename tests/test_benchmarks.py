@@ -104,6 +104,17 @@ def test_time_to_quality_runs(data_root, capsys, monkeypatch):
     assert "time to the peer's final" in capsys.readouterr().out
 
 
+def test_time_to_quality_varies_the_default_only_where_asked(capsys):
+    module = _load("time_to_quality")
+    assert module.varied_recipe("fashion_mnist") == module.default_recipe("fashion_mnist")
+    varied = module.varied_recipe("fashion_mnist", latent_dim=32, beta=0.01)
+    assert varied.model.latent_dim == 32 and varied.remedies.beta == 0.01
+    assert varied.train == module.default_recipe("fashion_mnist").train
+    with pytest.raises(SystemExit):  # refused before any work: the command would time the unchanged default
+        module.main(["--datasets", "fashion_mnist", "--beta", "0.1"])
+    assert "add --no-command" in capsys.readouterr().err
+
+
 def test_hierarchical_vs_single_runs_and_resumes(data_root, tmp_path, capsys):
     args = [
         "--minutes",

@@ -106,18 +106,21 @@ def reconstructions_judged(judge, model, images, labels) -> float:
 @torch.no_grad()
 def refitted_prior_judged(judge, model, images, labels, samples_per_class) -> float:
     """How often the judge names the class of samples drawn with z from one full-covariance Gaussian per class,
-    fitted to the posterior means of ``images``: what the same decoder draws when the codes it gets lie where
-    the codes of real images of that class lie. The learned prior p(z|y) is diagonal; between the prior samples
-    and the reconstructions, this splits what the samples lack into the prior's share and the decoder's."""
+    with the mean and covariance of the aggregate posterior of ``images``, the mixture of q(z|x,y) over a class's
+    images: what the same decoder draws when its codes have the moments of real images' codes. The learned prior
+    p(z|y) is diagonal; between the prior samples and the reconstructions, this splits what the samples lack into
+    the prior's share and the decoder's."""
     model.eval()
-    mu = torch.cat([model.encode(x, y)[0] for x, y in data.Batches(images, labels, 2000, shuffle=False)])  # (N, D)
+    codes = [model.encode(x, y) for x, y in data.Batches(images, labels, 2000, shuffle=False)]
+    mu, var = torch.cat([m for m, _ in codes]), torch.cat([logvar for _, logvar in codes]).exp()  # (N, D) each
     labels = labels.to(mu.device)
     torch.manual_seed(0)
     z = []
     for c in range(10):
-        mu_c = mu[labels == c]  # (N_c, D)
-        # (D, D); the jitter keeps it positive definite
-        cov = torch.cov(mu_c.T) + 1e-5 * torch.eye(mu.shape[1], device=mu.device)
+        mu_c, var_c = mu[labels == c], var[labels == c]  # (N_c, D)
+        # the mixture's covariance: that of the means plus the mean posterior variance (D, D); the jitter keeps it
+        # positive definite
+        cov = torch.cov(mu_c.T) + torch.diag(var_c.mean(0)) + 1e-5 * torch.eye(mu.shape[1], device=mu.device)
         z.append(MultivariateNormal(mu_c.mean(0), cov).sample((samples_per_class,)))
     requested = torch.arange(10, device=mu.device).repeat_interleave(samples_per_class)
     x_hat = model.likelihood.mean(model.decode_params(torch.cat(z), requested))  # (10 * samples_per_class, C, H, W)
@@ -251,7 +254,8 @@ def main(argv=None):
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"], choices=sorted(TARGETS))
     p.add_argument("--peer-epochs", type=int, default=20, help="pytorch/examples trains 10; 20 gives it time")
     p.add_argument("--default-epochs", type=int, help="default: the command line's epochs for the dataset")
-    p.add_argument("--samples-per-class", type=int, default=100)
+    # 5,000 samples judge an accuracy near 98 % to about 0.2 points (one standard error); 1,000 left 0.45 points
+    p.add_argument("--samples-per-class", type=int, default=500)
     p.add_argument("--no-command", action="store_true", help="skip timing the whole default command")
     p.add_argument("--train-size", type=int, help="train on the first N images only (a quick check)")
     p.add_argument("--latent-dim", type=int, help="train the default with this latent size instead (with --no-command)")
@@ -293,8 +297,9 @@ def main(argv=None):
             " decoder, given each image's own z: its prior samples are not sharper)"
         )
         print(
-            f"  its samples with z from a full-covariance Gaussian per class fitted to the training images' codes:"
-            f" judged {100 * r['default_refitted_prior_judged']:.1f} % (its learned prior is diagonal)"
+            "  its samples with z from a Gaussian per class with the mean and full covariance of the training images'"
+            f" aggregate posterior: judged {100 * r['default_refitted_prior_judged']:.1f} %"
+            " (its learned prior is diagonal)"
         )
         ratio = (r["peer_to_peer_final"] / r["default_to_peer_final"]) if r["default_to_peer_final"] else None
         print(

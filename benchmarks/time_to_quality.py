@@ -163,8 +163,8 @@ def varied_recipe(dataset, latent_dim=None, beta=None):
 
 
 def default_curve(recipe, dataset, judge, epochs, samples_per_class, train_size, test):
-    """The same for the command line's default (``varied_recipe``, unvaried): one ``fit`` call with its
-    configuration and speed switches, learning-rate schedule included, whose weights are copied at the end of
+    """The same for ``recipe``, the command line's default or a variant (``varied_recipe``): one ``fit`` call with
+    its configuration and speed switches, learning-rate schedule included, whose weights are copied at the end of
     every epoch (the clock stops there) and judged afterwards. The test pass is left out. Also the judged accuracy
     of the final model's reconstructions of ``test`` (images, labels), and of its samples from a prior refitted
     to the training images' codes (``refitted_prior_judged``)."""

@@ -16,6 +16,7 @@ blurred, and these say how much blur the target leaves room for.
 """
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,14 +25,16 @@ from tempfile import TemporaryDirectory
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import MultivariateNormal
 from torch.utils.data import DataLoader, Dataset
 
 from cvaelib import data
 from cvaelib.cli import default_speed
 from cvaelib.cli import main as cli
+from cvaelib.evaluate import gather_groups, kl_split
+from cvaelib.fitted_prior import fit_prior, sample_with
 from cvaelib.judge import accuracy_under_blur, classifier_accuracy, judge_samples, load_judge
 from cvaelib.models import build_model
+from cvaelib.provenance import as_json, provenance
 from cvaelib.recipes import default_recipe
 from cvaelib.remedies import RemedyLoss
 from cvaelib.train import fit, seed_everything
@@ -104,27 +107,28 @@ def reconstructions_judged(judge, model, images, labels) -> float:
 
 
 @torch.no_grad()
-def refitted_prior_judged(judge, model, images, labels, samples_per_class) -> float:
-    """How often the judge names the class of samples drawn with z from one full-covariance Gaussian per class,
-    with the mean and covariance of the aggregate posterior of ``images``, the mixture of q(z|x,y) over a class's
-    images: what the same decoder draws when its codes have the moments of real images' codes. The learned prior
-    p(z|y) is diagonal; between the prior samples and the reconstructions, this splits what the samples lack into
-    the prior's share and the decoder's."""
-    model.eval()
-    codes = [model.encode(x, y) for x, y in data.Batches(images, labels, 2000, shuffle=False)]
-    mu, var = torch.cat([m for m, _ in codes]), torch.cat([logvar for _, logvar in codes]).exp()  # (N, D) each
-    labels = labels.to(mu.device)
-    torch.manual_seed(0)
-    z = []
-    for c in range(10):
-        mu_c, var_c = mu[labels == c], var[labels == c]  # (N_c, D)
-        # the mixture's covariance: that of the means plus the mean posterior variance (D, D); the jitter keeps it
-        # positive definite
-        cov = torch.cov(mu_c.T) + torch.diag(var_c.mean(0)) + 1e-5 * torch.eye(mu.shape[1], device=mu.device)
-        z.append(MultivariateNormal(mu_c.mean(0), cov).sample((samples_per_class,)))
-    requested = torch.arange(10, device=mu.device).repeat_interleave(samples_per_class)
-    x_hat = model.likelihood.mean(model.decode_params(torch.cat(z), requested))  # (10 * samples_per_class, C, H, W)
-    return judge_samples(judge, x_hat, requested)["accuracy"]
+def fitted_prior_judged(judge, model, images, labels, samples_per_class, components) -> dict:
+    """For each number of ``components``: the seconds that fitting a prior per class to the codes of ``images``
+    takes (``cvaelib.fitted_prior.fit_prior``: one Gaussian with the aggregate posterior's moments, or a mixture
+    fitted by EM), and how often the judge names the class of samples drawn from it through the same decoder.
+    The learned prior p(z|y) is diagonal; between its samples and the reconstructions, this measures what putting
+    the prior where the codes are gains."""
+    batches = data.Batches(images, labels, 2000, shuffle=False)
+    figures = {}
+    for k in components:
+        start = time.perf_counter()
+        prior = fit_prior(model.eval(), batches, components=k)
+        seconds = time.perf_counter() - start
+        accuracy = _judged(judge, lambda y, prior=prior: sample_with(model, prior, y), samples_per_class)
+        figures[k] = {"fit_seconds": seconds, "judged": accuracy}
+    return figures
+
+
+@torch.no_grad()
+def kl_split_of(model, images, labels) -> list:
+    """The KL split (``cvaelib.evaluate.kl_split``) of the model's codes of ``images``, per class."""
+    groups, y = gather_groups(model.eval(), data.Batches(images, labels, 2000, shuffle=False))
+    return kl_split(groups[0], y)
 
 
 def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
@@ -162,12 +166,12 @@ def varied_recipe(dataset, latent_dim=None, beta=None):
     return recipe
 
 
-def default_curve(recipe, dataset, judge, epochs, samples_per_class, train_size, test):
+def default_curve(recipe, dataset, judge, epochs, samples_per_class, train_size, test, components=(1,)):
     """The same for ``recipe``, the command line's default or a variant (``varied_recipe``): one ``fit`` call with
     its configuration and speed switches, learning-rate schedule included, whose weights are copied at the end of
-    every epoch (the clock stops there) and judged afterwards. The test pass is left out. Also the judged accuracy
-    of the final model's reconstructions of ``test`` (images, labels), and of its samples from a prior refitted
-    to the training images' codes (``refitted_prior_judged``)."""
+    every epoch (the clock stops there) and judged afterwards. The test pass is left out. Also, of the final model:
+    the judged accuracy of its reconstructions of ``test`` (images, labels), of its samples from priors fitted to
+    the training images' codes (``fitted_prior_judged``), and the KL split of those codes."""
     x, y = data.load(dataset, "train")
     x, y = x[:train_size], y[:train_size]
     seed_everything(0)
@@ -200,7 +204,8 @@ def default_curve(recipe, dataset, judge, epochs, samples_per_class, train_size,
     return (
         curve,
         reconstructions_judged(judge, model, *test),
-        refitted_prior_judged(judge, model, x, y, samples_per_class),
+        fitted_prior_judged(judge, model, x, y, samples_per_class, components),
+        kl_split_of(model, x, y),
     )
 
 
@@ -216,7 +221,9 @@ def seconds_to(curve, accuracy):
     return next((s for s, a in curve if a >= accuracy), None)
 
 
-def run(dataset, recipe, peer_epochs, default_epochs, samples_per_class, with_command=True, train_size=None):
+def run(
+    dataset, recipe, peer_epochs, default_epochs, samples_per_class, with_command=True, train_size=None, components=(1,)
+):
     xt, yt = data.load(dataset, "test")
     judge, _ = load_judge(dataset)
     real = classifier_accuracy(judge, xt, yt)
@@ -224,7 +231,9 @@ def run(dataset, recipe, peer_epochs, default_epochs, samples_per_class, with_co
     share, relative, budget = TARGETS[dataset]
     target = share * real if relative else share
     test = xt[:2000], yt[:2000]
-    ours, ceiling, refitted = default_curve(recipe, dataset, judge, default_epochs, samples_per_class, train_size, test)
+    ours, ceiling, fitted, split = default_curve(
+        recipe, dataset, judge, default_epochs, samples_per_class, train_size, test, components
+    )
     peer = peer_curve(dataset, judge, peer_epochs, samples_per_class, train_size)
     peer_final = peer[-1][1]
     return {
@@ -233,7 +242,8 @@ def run(dataset, recipe, peer_epochs, default_epochs, samples_per_class, with_co
         "judge_on_blurred_test": blurred,
         "default": ours,
         "default_reconstructions_judged": ceiling,
-        "default_refitted_prior_judged": refitted,
+        "default_fitted_prior": fitted,
+        "default_kl_split": split,
         "peer": peer,
         "peer_final": peer_final,
         "default_to_peer_final": seconds_to(ours, peer_final),
@@ -241,6 +251,10 @@ def run(dataset, recipe, peer_epochs, default_epochs, samples_per_class, with_co
         "target": target,
         "budget_seconds": budget,
         "default_to_target": seconds_to(ours, target),
+        # the fitted prior's samples are judged once, after the last epoch, and fitting adds its seconds
+        "fitted_to_target": {
+            k: ours[-1][0] + f["fit_seconds"] if f["judged"] >= target else None for k, f in fitted.items()
+        },
         "command_seconds": command_seconds(dataset) if with_command else None,
     }
 
@@ -260,7 +274,10 @@ def main(argv=None):
     p.add_argument("--train-size", type=int, help="train on the first N images only (a quick check)")
     p.add_argument("--latent-dim", type=int, help="train the default with this latent size instead (with --no-command)")
     p.add_argument("--beta", type=float, help="train the default with this KL weight instead (with --no-command)")
+    p.add_argument("--components", type=int, nargs="+", default=[1, 10], help="Gaussians per class of fitted priors")
+    p.add_argument("--out", type=Path, help="also write the figures, with their provenance, to this JSON file")
     a = p.parse_args(argv)
+    began = time.time()
     changed = ", ".join(f"{k} {v:g}" for k, v in [("latent_dim", a.latent_dim), ("beta", a.beta)] if v is not None)
     if changed and not a.no_command:
         p.error("--latent-dim and --beta change the default; the command times the unchanged one: add --no-command")
@@ -274,6 +291,7 @@ def main(argv=None):
             a.samples_per_class,
             not a.no_command,
             a.train_size,
+            a.components,
         )
         results.append(r)
         print(
@@ -296,10 +314,21 @@ def main(argv=None):
             f"  the default's reconstructions of 2,000 real test images: judged {100 * reconstructed:.1f} % (the same"
             " decoder, given each image's own z: its prior samples are not sharper)"
         )
+        for k, f in r["default_fitted_prior"].items():
+            kind = "one Gaussian" if k == 1 else f"a mixture of {k} Gaussians"
+            print(
+                f"  its samples with z from {kind} per class fitted to the training images' codes: judged "
+                f"{100 * f['judged']:.1f} % (fitted in {f['fit_seconds']:.1f} s; its learned prior is diagonal)"
+            )
+        split = r["default_kl_split"]
         print(
-            "  its samples with z from a Gaussian per class with the mean and full covariance of the training images'"
-            f" aggregate posterior: judged {100 * r['default_refitted_prior_judged']:.1f} %"
-            " (its learned prior is diagonal)"
+            "  its average KL on the training images, per class: "
+            + ", ".join(f"{e['kl_nats']:.2f}" for e in split)
+            + " nats = I(x; z | y) "
+            + ", ".join(f"{e['mutual_information_nats']:.2f}{'*' if e['at_cap'] else ''}" for e in split)
+            + " + KL(q(z|y) || p(z|y)) "
+            + ", ".join(f"{e['marginal_kl_nats']:.2f}" for e in split)
+            + " (* at the cap, log of the images per class)"
         )
         ratio = (r["peer_to_peer_final"] / r["default_to_peer_final"]) if r["default_to_peer_final"] else None
         print(
@@ -311,8 +340,15 @@ def main(argv=None):
             f"  time to {100 * r['target']:.1f} %: default {_seconds(r['default_to_target'])} "
             f"(target: within {r['budget_seconds']} s; {'met' if met else 'not met'})"
         )
+        for k, seconds in r["fitted_to_target"].items():
+            print(f"  time to {100 * r['target']:.1f} % with {k} fitted Gaussian(s) per class: {_seconds(seconds)}")
         if r["command_seconds"] is not None:
             print(f"  python -m cvaelib train --dataset {dataset}: {r['command_seconds']:.0f} s in all")
+    if a.out is not None:
+        settings = {k: v for k, v in vars(a).items() if k != "out"}
+        record = provenance(time.time() - began, settings, threads=torch.get_num_threads(), results=results)
+        a.out.write_text(json.dumps(as_json(record), indent=1) + "\n")
+        print(f"wrote {a.out}")
     return results
 
 

@@ -101,7 +101,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
     The returned model has ``model.meta``: the dataset, training settings and history, the whole epochs
     done (``epoch``), the epochs done with a fraction for a run stopped mid-epoch (``epochs_done``), and
-    the epochs the run was asked for (``num_epochs``, None if the file does not say).
+    the epochs the run was asked for (``num_epochs``, None if the file does not say), and the tensors of a
+    prior fitted after training (``fitted_prior``, None if there is none).
     """
     state = read_checkpoint(path)
     try:
@@ -116,5 +117,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
         "epoch": state["epoch"],
         "epochs_done": done,
         "num_epochs": planned,
+        "fitted_prior": state.get("fitted_prior"),  # tensors of a prior fitted after training (fitted_prior), or None
     }
     return model.to(device).eval()

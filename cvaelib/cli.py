@@ -23,6 +23,7 @@ import torch.distributed as dist
 from . import data
 from .checkpoint import check_writable, load_checkpoint, read_checkpoint, refuse_another_run, trained_epochs
 from .evaluate import expected_seconds, report
+from .fitted_prior import fit_prior, loaded_fitted_prior, store_fitted_prior
 from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
@@ -78,6 +79,9 @@ def _parser():
         sub.add_parser("train", help="train a model; resumes if --out already holds the same model's checkpoint")
     )
     _sample_options(sub.add_parser("sample", help="write K samples per class to an .npz"))
+    _fit_prior_options(
+        sub.add_parser("fit-prior", help="fit a prior per class to a trained CVAE's codes; stored in its checkpoint")
+    )
     _evaluate_options(sub.add_parser("evaluate", help="print the test figures of a checkpoint as JSON"))
     return p
 
@@ -190,7 +194,26 @@ def _sample_options(s: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the decoder's means x_hat (as the chapters show them), not pixels drawn from the likelihood",
     )
+    s.add_argument(
+        "--prior",
+        choices=["learned", "fitted"],
+        help="draw z from the model's own prior, or from the prior fitted after training that the checkpoint holds "
+        "(default: the fitted one when there is one)",
+    )
     s.add_argument("--device")
+
+
+def _fit_prior_options(f: argparse.ArgumentParser) -> None:
+    f.add_argument("--checkpoint", required=True, type=Path, help="a conditional model's checkpoint; rewritten")
+    f.add_argument(
+        "--components",
+        type=POSITIVE_INT,
+        default=1,
+        help="Gaussians per class: 1, the aggregate posterior's mean and covariance; more, a mixture fitted by EM",
+    )
+    f.add_argument("--seed", type=NATURAL, default=0)
+    f.add_argument("--data-root", help=f"dataset folder (default: ${data.ENV_VAR}, else data/ in the repository)")
+    f.add_argument("--device")
 
 
 def _evaluate_options(e: argparse.ArgumentParser) -> None:
@@ -432,6 +455,8 @@ def train(args, parser):
     figures = _final_figures(model, history, done, final, time.time() - start)
     print(_json(figures))
     print(f"saved {args.out}" + (f" ({done:.3g} of {epochs} epochs)" if done < epochs else ""))
+    if model.num_classes and done >= epochs:  # a finished conditional run: the prior its samples come from
+        _fit_and_store_prior(model if ema is None else ema.module, train_batches.images, train_batches.labels, args.out)
 
 
 def _final_figures(model, history: list, done: float, final: dict, seconds: float) -> dict:
@@ -456,16 +481,42 @@ def _final_figures(model, history: list, done: float, final: dict, seconds: floa
 def sample(args):
     device = args.device or default_device()
     model = load_checkpoint(args.checkpoint, device)
+    use_fitted = args.prior == "fitted" or (args.prior is None and model.meta["fitted_prior"] is not None)
+    prior = loaded_fitted_prior(model, args.checkpoint) if use_fitted else None  # refused, naming the file, if none
     check_writable(args.out, "--out")
     seed_everything(args.seed)
     if model.num_classes:
-        labels = torch.arange(model.num_classes).repeat_interleave(args.n_per_class)
-        images = model.sample(labels.to(device), temperature=args.temperature, mean=args.mean)
+        labels = torch.arange(model.num_classes).repeat_interleave(args.n_per_class).to(device)
+        top = None if prior is None else prior.sample(labels, args.temperature)
+        images = model.sample(labels, temperature=args.temperature, mean=args.mean, top=top)
+        labels = labels.cpu()
     else:  # a VAE has no classes: 10 * K unlabelled samples, label -1
         labels = torch.full((10 * args.n_per_class,), -1)
         images = model.sample(num_samples=len(labels), temperature=args.temperature, mean=args.mean)
     np.savez(args.out, images=images.cpu().numpy().astype(np.float32), labels=labels.numpy().astype(np.int64))
-    print(f"wrote {len(labels)} samples to {args.out}")
+    source = "the prior fitted after training" if prior is not None else "the model's own prior"
+    print(f"wrote {len(labels)} samples to {args.out}, z drawn from {source}")
+
+
+def fit_prior_command(args):
+    """``python -m cvaelib fit-prior``: a prior per class fitted to the codes of the checkpoint's training images."""
+    device = args.device or default_device()
+    model = load_checkpoint(args.checkpoint, device)
+    check_writable(args.checkpoint, "--checkpoint")
+    run = model.meta["train"]
+    images, labels = data.load(model.meta["dataset"], "train", args.data_root)
+    images, labels = data.stratified_subset(images, labels, run["subset"], seed=run["seed"])  # as it trained
+    _fit_and_store_prior(model, images, labels, args.checkpoint, args.components, args.seed)
+
+
+def _fit_and_store_prior(model, images, labels, path: Path, components: int = 1, seed: int = 0) -> None:
+    """Fit a prior per class to the codes of ``images`` and store it in the checkpoint at ``path``."""
+    batches = data.Batches(images, labels, 500, shuffle=False, device=next(model.parameters()).device)
+    store_fitted_prior(path, fit_prior(model, batches, components, seed))
+    print(
+        f"fitted {components} full-covariance Gaussian(s) per class to the codes of {len(labels)} training images; "
+        f"stored in {path} (sample draws from it by default, --prior learned from the model's own)"
+    )
 
 
 def evaluate(args):
@@ -532,7 +583,7 @@ def main(argv=None):
         if args.command == "train":
             train(args, parser)
         else:
-            {"sample": sample, "evaluate": evaluate}[args.command](args)
+            {"sample": sample, "evaluate": evaluate, "fit-prior": fit_prior_command}[args.command](args)
     except (OSError, ValueError, FloatingPointError) as e:  # missing files, refused checkpoints, divergence
         sys.exit(f"error: {e}")
     except TrainingInterrupted as e:  # Ctrl-C during training: fit saved the step it ended

@@ -180,6 +180,13 @@ def mutual_information(
     if labels is not None:
         share = {c: float((labels == c).float().mean()) for c in labels.unique()}  # p(y)
         return sum(p * mutual_information(mu[labels == c], logvar[labels == c], chunk=chunk) for c, p in share.items())
+    return float(mutual_information_terms(mu, logvar, chunk).mean())
+
+
+@torch.no_grad()
+def mutual_information_terms(mu: torch.Tensor, logvar: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """log q(z_n | x_n) - log q(z_n) for one z_n ~ q(z | x_n) per image: (N,) float64, whose mean is
+    ``mutual_information``'s estimate and whose spread gives its standard error."""
     n, d = mu.shape
     chunk = chunk or max(1, 2**24 // (n * d))
     # float64, so that z - mu keeps its digits when the posterior is narrow (an autoencoder's std can be < 1e-6),
@@ -190,13 +197,52 @@ def mutual_information(
     # log q(z_i | x_i) at the same samples as the mixture below, from the noise: its expectation is the negative
     # entropy, and its noise (of order sqrt(D / 2) nats per sample) cancels against the mixture's own term i,
     # so that identical posteriors give exactly 0 even for a group of thousands of dimensions.
-    neg_entropy = (-0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)).mean()
+    log_q_own = -0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)  # (N,)
     log_qz = []
     for zc in z.split(chunk):
         # log q(z_i | x_j) for every i in the chunk and every j: (chunk, N)
         log_q = gaussian_log_prob(zc[:, None, :], mu[None], logvar[None])
         log_qz.append(log_mean_exp(log_q, dim=1))  # log q(z_i), q the mixture of the N posteriors
-    return float(neg_entropy - torch.cat(log_qz).mean())
+    return log_q_own - torch.cat(log_qz)
+
+
+@torch.no_grad()
+def kl_split(group: GroupStats, labels: torch.Tensor | None = None) -> list[dict]:
+    """ "ELBO surgery" (Hoffman and Johnson 2016): the average KL of one latent group, split per class (chapter 3).
+
+    Over a class's N_y images, E_x KL(q(z|x,y) || p(z|y)) = I(x; z | y) + KL(q(z|y) || p(z|y)): what the code
+    says about the image, plus how far the aggregate posterior q(z|y), the mixture of the class's posteriors,
+    lies from the prior: the prior's "hole". The mutual information is ``mutual_information_terms``' estimate
+    (at most log N_y, its ``cap``: an estimate within 1 % of it says "at least", and the KL to the aggregate
+    posterior then "at most"); the KL to the aggregate posterior is the difference, image by image, so that
+    each figure has the standard error of its per-image terms. Without labels, one entry for all images (class
+    None). For a model of one group; a hierarchy's groups have priors given the groups above, which this
+    split does not cover.
+    """
+    kl = gaussian_kl(group.mu, group.logvar, group.prior_mu, group.prior_logvar).double().sum(1)  # (N,)
+    split = []
+    for c in [None] if labels is None else labels.unique().tolist():
+        index = slice(None) if c is None else labels == c
+        mi = mutual_information_terms(group.mu[index], group.logvar[index])  # (N_y,)
+        cap = math.log(len(mi))
+        split.append(
+            {
+                "class": c,
+                "images": len(mi),
+                "kl_nats": float(kl[index].mean()),
+                **_mean_and_se("mutual_information", mi),
+                **_mean_and_se("marginal_kl", kl[index] - mi),
+                "cap_nats": cap,
+                "at_cap": float(mi.mean()) > 0.99 * cap,
+            }
+        )
+    return split
+
+
+def _mean_and_se(name: str, terms: torch.Tensor) -> dict:
+    """``<name>_nats``: the mean of per-image ``terms``; ``<name>_se``: its standard error (NaN for one image)."""
+    se = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else math.nan
+    return {f"{name}_nats": float(terms.mean()), f"{name}_se": se}
 
 
 def posterior_offset(group: GroupStats) -> torch.Tensor:
@@ -297,7 +343,8 @@ def report(
     """All test figures of a model in one dict, from one pass over the data (the command line's ``evaluate``).
 
     The bound, the IWAE bound and the KL (in total, per dimension, per group) use every image; active
-    units and the mutual information, whose cost grows with N^2, the first ``stats_images``.
+    units, the mutual information and the KL split (``kl_split``), whose cost grows with N^2, the first
+    ``stats_images``.
     ``channels_last`` puts the model's and the images' convolutions in that layout: the same figures, faster
     on a CPU for the conv models. ``images_per_pass``: see ``log_importance_weights``
     (``benchmarks/evaluate_speed.py`` measures both).
@@ -337,6 +384,8 @@ def report(
         "latent_dim": model.latent_dim,
         "kl_per_dim": (totals["kl_per_dim"] / n).tolist(),
         "mutual_information_nats": total_mutual_information(figures),
+        # a model of one group: its average KL = I(x; z | y) + KL(q(z|y) || p(z|y)), per class (None: a hierarchy)
+        "kl_split": kl_split(groups[0], labels) if len(groups) == 1 else None,
         "stats_images": len(groups[0].mu),
         "groups": figures,
     }

@@ -17,6 +17,7 @@ q = p at the start, the latents stayed unused for the first few hundred steps of
 The output is the likelihood's parameters at 32x32, by default the mixture of discretized logistics.
 """
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,6 +29,7 @@ from .interface import (
     check_images,
     check_labels,
     check_samples,
+    check_top,
     decoded_images,
     repeat_batch,
     sample_request,
@@ -117,18 +119,20 @@ class LatentGroup(nn.Module):
             self.z_proj.weight.mul_(num_groups**-0.5)
         self.block = ResBlock(width, mid)
 
-    def forward(self, h, activation=None, from_prior=False, temperature=1.0):
+    def forward(self, h, activation=None, from_prior=False, temperature=1.0, z=None):
         """Top-down step: h (B,W,r,r) -> new h, and (mu, logvar, prior_mu, prior_logvar), each (B, Z*r*r).
 
-        Without an encoder ``activation`` (sampling), z comes from the prior at ``temperature``
-        and the statistics are None. With one, z comes from the posterior, or from the prior when
-        ``from_prior`` (the statistics still report both).
+        Without an encoder ``activation`` (sampling), z comes from the prior at ``temperature``, or is the
+        given ``z`` (B, Z*r*r), and the statistics are None. With one, z comes from the posterior, or from
+        the prior when ``from_prior`` (the statistics still report both).
         """
         Z = self.latent_channels
         prior_mu, prior_logvar, update = self.prior(h).split([Z, Z, h.shape[1]], dim=1)
         prior_logvar = soft_clamp(prior_logvar)
         eps = torch.randn_like(prior_mu)  # (B,Z,r,r)
-        if activation is None:
+        if activation is None and z is not None:
+            z, stats = z.view_as(prior_mu).to(prior_mu), None  # (B, Z*r*r) -> (B,Z,r,r)
+        elif activation is None:
             z, stats = reparameterize(prior_mu, prior_logvar, eps, temperature), None
         else:
             dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
@@ -261,15 +265,17 @@ class Decoder(nn.Module):
         # (B,w,r,r) + (B,w,1,1): the label's embedding for this level, broadcast over the map
         return h if y is None else h + self.label_embeddings[i](y.long())[:, :, None, None]
 
-    def forward(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0):
+    def forward(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0, top=None):
         """Learned constant -> groups, lowest resolution first -> params (B,P,32,32), and one GroupStats per group
-        (None when sampling: no encoder ``activations``). Groups in ``prior_groups`` draw z from the prior."""
+        (None when sampling: no encoder ``activations``). Groups in ``prior_groups`` draw z from the prior; when
+        sampling, ``top`` (B, D_0), if given, is the top group's z."""
         h, stats = self.h0.expand(batch_size, -1, -1, -1), []  # (1,w,r0,r0) -> (B,w,r0,r0)
         for i, groups in enumerate(self.groups):
             h = self._enter_level(h, y, i)
             for group in groups:
                 e = None if activations is None else activations[i]
-                h, group_stats = group(h, e, from_prior=len(stats) in prior_groups, temperature=temperature)
+                z = top if not stats else None
+                h, group_stats = group(h, e, from_prior=len(stats) in prior_groups, temperature=temperature, z=z)
                 stats.append(group_stats)
         h = self.out_blocks(self._enter_level(h, y, len(self.groups)))  # (B,w,16,16) -> (B,w',32,32)
         return self.out(h), stats  # (B,w',32,32) -> (B,P,32,32)
@@ -345,14 +351,17 @@ class HierarchicalCVAE(nn.Module):
         num_samples: int | None = None,
         temperature: float = 1.0,
         mean: bool = False,
+        top: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images from the prior, (N,C,H,W) in [0, 1] (chapter 4): a label each, or ``num_samples`` without.
 
         Every group draws z_g = prior_mu + temperature * prior_std * eps. The pixels are a sample of
         the likelihood when it has a ``sample`` (the mixture's honest 8-bit image: noisy even at
         temperature 0), else its mean; ``mean=True`` always returns the mean x_hat, so that at
-        temperature 0 the image is a deterministic function of the label.
+        temperature 0 the image is a deterministic function of the label. ``top`` (N, D_0): the top group's z,
+        drawn elsewhere (a prior fitted after training, ``fitted_prior``); the groups below come from the model.
         """
         labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, self.decoder.h0.device)
-        params, _ = self.decoder(labels, num_samples, temperature=temperature)
+        check_top(top, num_samples, math.prod(self.group_shapes[0]))
+        params, _ = self.decoder(labels, num_samples, temperature=temperature, top=top)
         return decoded_images(self.likelihood, self._unpad(params), mean)

@@ -77,6 +77,12 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be a non-negative number, got {temperature!r}")
 
 
+def check_top(top: torch.Tensor | None, num_samples: int, dims: int) -> None:
+    """Codes handed to ``sample`` for its top latent group must be (N, D_top), one per sample."""
+    if top is not None and tuple(top.shape) != (num_samples, dims):
+        raise ValueError(f"top must hold one code per sample, ({num_samples}, {dims}), got {tuple(top.shape)}")
+
+
 def sample_request(num_classes: int, labels, num_samples, temperature: float, device) -> tuple:
     """What a model is asked to sample, checked: (labels on ``device``, or None, and how many images).
 

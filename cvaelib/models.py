@@ -21,6 +21,7 @@ from .interface import (
     check_images,
     check_labels,
     check_samples,
+    check_top,
     decoded_images,
     repeat_batch,
     sample_request,
@@ -268,18 +269,24 @@ class CVAE(nn.Module):
         num_samples: int | None = None,
         temperature: float = 1.0,
         mean: bool = False,
+        top: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw z from the prior and decode: float images in [0, 1], (N,C,H,W) (chapter 2).
 
         A CVAE takes ``labels`` (N,); a VAE takes ``num_samples``. ``temperature`` scales the prior's
         standard deviation (1: the prior itself; 0: its mean). The pixels are a sample of the likelihood
         when it has a ``sample`` (the logistic mixture), else its mean; ``mean=True`` always gives the mean.
+        ``top``: the codes z (N, D) to decode, drawn elsewhere (a prior fitted after training, ``fitted_prior``).
         """
         device = next(self.parameters()).device
         labels, num_samples = sample_request(self.num_classes, labels, num_samples, temperature, device)
-        eps = torch.randn(num_samples, self.latent_dim, device=device)  # (N, D)
-        prior_mu, prior_logvar = self.prior(labels)
-        z = temperature * eps if prior_mu is None else reparameterize(prior_mu, prior_logvar, eps, temperature)
+        check_top(top, num_samples, self.latent_dim)
+        if top is None:
+            eps = torch.randn(num_samples, self.latent_dim, device=device)  # (N, D)
+            prior_mu, prior_logvar = self.prior(labels)
+            z = temperature * eps if prior_mu is None else reparameterize(prior_mu, prior_logvar, eps, temperature)
+        else:
+            z = top.to(device, torch.float32)
         return decoded_images(self.likelihood, self.decode_params(z, labels), mean)
 
 

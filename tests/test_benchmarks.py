@@ -68,12 +68,13 @@ def test_throughput_runs(data_root, capsys):
     assert "x usual" in out and "time to quality" in out
 
 
-def test_time_to_quality_runs(data_root, capsys, monkeypatch):
+def test_time_to_quality_runs(data_root, tmp_path, capsys, monkeypatch):
     module = _load("time_to_quality")
     judged_weights, judged = [], module._judged
 
     def judged_keeping_weights(judge, sample, samples_per_class, seed=0):
-        judged_weights.append(torch.cat([p.detach().flatten() for p in sample.__self__.parameters()]))
+        if hasattr(sample, "__self__"):  # a model's own sample (the fitted priors' samplers are functions)
+            judged_weights.append(torch.cat([p.detach().flatten() for p in sample.__self__.parameters()]))
         return judged(judge, sample, samples_per_class, seed)
 
     monkeypatch.setattr(module, "_judged", judged_keeping_weights)
@@ -90,6 +91,11 @@ def test_time_to_quality_runs(data_root, capsys, monkeypatch):
             "--train-size",
             "1024",
             "--no-command",
+            "--components",
+            "1",
+            "2",
+            "--out",
+            str(tmp_path / "ttq.json"),
         ]
     )
     r = results[0]
@@ -98,7 +104,15 @@ def test_time_to_quality_runs(data_root, capsys, monkeypatch):
     assert len(r["default"]) == 2 and 0 < r["default"][0][0] < r["default"][1][0]
     # each point judges its own epoch's weights (the last one once judged the weights before it)
     assert not torch.equal(judged_weights[0], judged_weights[1])
-    assert 0 <= r["default_reconstructions_judged"] <= 1 and 0 <= r["default_refitted_prior_judged"] <= 1
+    assert 0 <= r["default_reconstructions_judged"] <= 1
+    assert set(r["default_fitted_prior"]) == {1, 2} and all(
+        0 <= f["judged"] <= 1 and f["fit_seconds"] > 0 for f in r["default_fitted_prior"].values()
+    )
+    split = r["default_kl_split"]
+    assert [e["class"] for e in split] == list(range(10)) and sum(e["images"] for e in split) == 1024
+    record = json.loads((tmp_path / "ttq.json").read_text())
+    assert record["settings"]["components"] == [1, 2] and record["results"][0]["dataset"] == "mnist"
+    assert {"commit", "date", "device", "wall_seconds"} <= set(record)
     assert list(r["judge_on_blurred_test"]) == list(BLUR_SIGMAS)
     assert r["peer_to_peer_final"] == r["peer"][0][0]  # the peer reaches its own final accuracy at its last epoch
     assert "time to the peer's final" in capsys.readouterr().out

@@ -65,7 +65,7 @@ def start_record(args, profile: str) -> dict:
     """Make the output folders; the provenance of a run, taken before any work (the commit it starts from)."""
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
+    settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}  # not the folders it writes
     data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
     return provenance(0.0, settings, profile=profile, data=data_note)
 

@@ -1,0 +1,71 @@
+"""Shipped models: written in 16 bits with a checksum, read back as float32 with weights_only, refused when changed."""
+
+import json
+
+import pytest
+import torch
+
+from cvaelib.checkpoint import CheckpointError
+from cvaelib.fitted_prior import FittedPrior
+from cvaelib.hierarchical import HierarchicalConfig
+from cvaelib.models import ModelConfig, build_model
+from cvaelib.shipped import MANIFEST, annotate, load_shipped, manifest, sha256, ship
+
+
+@pytest.fixture
+def shipped_folder(tmp_path):
+    torch.manual_seed(0)
+    cvae = build_model(ModelConfig(latent_dim=3, prior="learned"))
+    prior = FittedPrior(torch.ones(10, 1), torch.randn(10, 1, 3), torch.eye(3).repeat(10, 1, 1, 1))
+    ship(cvae, "mnist_cvae", {"dataset": "mnist"}, prior, tmp_path)
+    hierarchy = build_model(HierarchicalConfig(size="tiny"))
+    ship(hierarchy, "cifar10_tiny", {"dataset": "cifar10"}, folder=tmp_path)
+    return tmp_path, cvae, hierarchy, prior
+
+
+def test_a_shipped_model_loads_into_its_configuration_as_float32(shipped_folder):
+    folder, cvae, hierarchy, prior = shipped_folder
+    entries = manifest(folder)
+    assert set(entries) == {"mnist_cvae", "cifar10_tiny"}
+    for name, original in (("mnist_cvae", cvae), ("cifar10_tiny", hierarchy)):
+        model = load_shipped(name, folder=folder)
+        assert type(model) is type(original) and model.config == original.config
+        assert entries[name]["sha256"] == sha256(folder / f"{name}.pt")
+        for (key, value), kept in zip(original.state_dict().items(), model.state_dict().values()):
+            assert kept.dtype == value.dtype, key  # float32 again
+            assert torch.allclose(kept, value.half().float()), key  # the 16-bit weights, exactly
+    loaded = load_shipped("mnist_cvae", folder=folder)
+    assert torch.equal(loaded.fitted_prior.means, prior.means) and loaded.shipped["dataset"] == "mnist"
+    assert load_shipped("cifar10_tiny", folder=folder).fitted_prior is None
+    # 16 bits: the file holds about half of the float32 weights' bytes
+    float32_bytes = sum(v.numel() * 4 for v in cvae.state_dict().values())
+    assert entries["mnist_cvae"]["bytes"] < 0.6 * float32_bytes
+
+
+def test_a_changed_byte_is_refused_by_name(shipped_folder):
+    folder = shipped_folder[0]
+    path = folder / "mnist_cvae.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"mnist_cvae\.pt does not match its sha256"):
+        load_shipped("mnist_cvae", folder=folder)
+
+
+def test_a_file_that_needs_pickle_is_refused_even_with_a_matching_checksum(shipped_folder):
+    folder = shipped_folder[0]
+    path = folder / "mnist_cvae.pt"
+    torch.save({"model": {}, "object": torch.nn.ReLU()}, path)  # a module: only pickle could rebuild it
+    annotate("mnist_cvae", folder, sha256=sha256(path))
+    with pytest.raises(CheckpointError, match="refused"):
+        load_shipped("mnist_cvae", folder=folder)
+
+
+def test_unknown_and_missing_models_are_named(shipped_folder):
+    folder = shipped_folder[0]
+    with pytest.raises(KeyError, match="no shipped model 'nope'.*cifar10_tiny"):
+        load_shipped("nope", folder=folder)
+    (folder / "cifar10_tiny.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="cifar10_tiny.pt is missing"):
+        load_shipped("cifar10_tiny", folder=folder)
+    assert json.loads((folder / MANIFEST).read_text())["cifar10_tiny"]["file"] == "cifar10_tiny.pt"

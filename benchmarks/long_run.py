@@ -88,7 +88,7 @@ def collect(args, state, model, source, began, train_images, train_labels, test_
     groups_png = args.out.with_name(f"{args.out.stem}_groups.png")
     report = diagnosis(model, diagnose(model, stats_batches), stats_batches, groups_png)
     judge, _ = load_judge("cifar10")
-    real = classifier_accuracy(judge, test_images[5000:], test_labels[5000:])
+    real = classifier_accuracy(judge, *(t[5000:] for t in data.load("cifar10", "test")))  # as the race's record
     learned = judged(model, judge, args.temperatures, args.per_class)
     # the top group's prior fitted to the codes of args.fit_per_class training images per class (fitted_prior)
     fit_x, fit_y = data.stratified_subset(train_images, train_labels, args.fit_per_class, seed=0)
@@ -139,6 +139,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20, help="epochs at most; the cosine decay ends with the last")
     p.add_argument("--eval-every", type=float, default=15.0, help="minutes of training between two test points")
     p.add_argument("--size", default="small", help="the hierarchical model's size preset")
+    p.add_argument("--test-images", type=int, help="test images of the curve and the bound (default: all)")
     p.add_argument("--k", type=int, default=20, help="importance samples of the IWAE bound")
     p.add_argument("--iwae-images", type=int, default=2000, help="test images of the IWAE bound (its cost: K passes)")
     p.add_argument("--per-class", type=int, default=100, help="prior samples per class, per set, for the judge")
@@ -152,7 +153,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     began, source = time.time(), start_record(args, "benchmark")
     train_images, train_labels = data.load("cifar10", "train")
-    test_images, test_labels = data.load("cifar10", "test")
+    test_images, test_labels = (t[: args.test_images] for t in data.load("cifar10", "test"))
     test_batches = data.Batches(test_images, test_labels, 500, shuffle=False)
     state, model = race(
         "hierarchical",

@@ -317,3 +317,28 @@ def test_evaluate_speed_runs(data_root, tmp_path):
     args = ["--checkpoint", str(tmp_path / "cvae.pt"), "--subset", "5", "--n", "20"]
     result = _load("evaluate_speed").main(args)
     assert result["seconds"] > 0 and result["iwae_k"] == 20 and math.isfinite(result["bits_per_dim"])
+
+
+def test_long_run_records_its_curve_and_ships_a_model_that_loads(data_root, tmp_path):
+    from cvaelib.shipped import load_shipped, manifest
+
+    args = ["--minutes", "0.02", "--eval-every", "0.01", "--epochs", "1", "--size", "tiny", "--iwae-images", "20"]
+    args += ["--test-images", "600"]
+    args += ["--k", "2", "--per-class", "2", "--fit-per-class", "3", "--runs", str(tmp_path / "runs")]
+    args += ["--out", str(tmp_path / "long.json"), "--models", str(tmp_path / "models")]
+    _load("long_run").main(args)
+    record = json.loads((tmp_path / "long.json").read_text())
+    assert {"commit", "date", "device", "wall_seconds", "settings", "data", "training_threads"} <= set(record)
+    curve = record["curve"]
+    assert curve and all(p["images_per_second"] > 0 and math.isfinite(p["test_bits_per_dim"]) for p in curve)
+    assert record["test_bits_per_dim"] == curve[-1]["test_bits_per_dim"] and record["test_images"] == 600
+    assert record["iwae"]["k"] == 2 and record["iwae"]["images"] == 20
+    for name in ("judged_learned_prior", "judged_fitted_top_prior"):
+        judged = record[name]
+        assert judged["temperature"] in (0.6, 0.8, 1.0) and 0 <= judged["judged"] <= 1
+        assert set(judged["choosing_by_temperature"]) == {"0.6", "0.8", "1.0"}
+    entry = manifest(tmp_path / "models")[record["shipped"]["name"]]
+    model = load_shipped(record["shipped"]["name"], folder=tmp_path / "models")
+    assert model.config.size == "tiny" and model.fitted_prior is not None
+    assert entry["check_bits_per_dim_500"] == pytest.approx(record["shipped"]["check_bits_per_dim_500"])
+    assert entry["provenance"]["commit"] == record["commit"]

@@ -342,3 +342,19 @@ def test_long_run_records_its_curve_and_ships_a_model_that_loads(data_root, tmp_
     assert model.config.size == "tiny" and model.fitted_prior is not None
     assert entry["check_bits_per_dim_500"] == pytest.approx(record["shipped"]["check_bits_per_dim_500"])
     assert entry["provenance"]["commit"] == record["commit"]
+
+
+def test_gpu_check_dry_run_lists_every_step_with_an_estimate(capsys):
+    module = _load("gpu_check")
+    assert module.main(["--dry-run", "--out", "does/not/exist.json"]) == 0
+    out = capsys.readouterr().out
+    chapters = sorted(p.stem for p in (BENCHMARKS.parent / "chapters").glob("[0-9]*.md"))
+    assert "cuda tests" in out and "-m cuda tests" in out and "CVAELIB_PROFILE=full" in out
+    for name in chapters:
+        assert f"chapters/{name}.ipynb" in out
+    # a recorded full run gives its chapter's estimate (CPU minutes: an upper bound)
+    assert "01_vae_mnist" in out and "its recorded full run on" in out and "estimated:" in out
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            module.main(["--out", "does/not/exist.json"])
+        assert "no CUDA GPU here" in capsys.readouterr().err

@@ -365,3 +365,15 @@ def test_no_page_loads_a_script_from_a_cdn():
             remote[str(html.relative_to(SITE))] = sources
     assert not remote, f"scripts loaded from outside the site: {remote}"
     assert (SITE / "_static" / "vendor" / "mathjax" / "tex-mml-chtml.js").is_file()
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if Path(p).name[:2] in ("01", "02", "03", "04", "05")])
+def test_every_chapter_page_shows_a_diagram(page):
+    """Each chapter draws a diagram (cvaelib.diagrams): an image, then its caption starting "Diagram:"."""
+    html = (SITE / f"{page}.html").read_text(errors="replace")
+    caption = html.find("Diagram:")
+    assert caption > 0, f"{page}: no diagram caption"
+    image = html.rfind("<img", 0, caption)  # the diagram: a cell's output image, just above its caption
+    assert image > 0 and "_images/" in html[image : html.find(">", image)], (
+        f"{page}: no image above the diagram's caption"
+    )

@@ -358,3 +358,19 @@ def test_gpu_check_dry_run_lists_every_step_with_an_estimate(capsys):
         with pytest.raises(SystemExit):
             module.main(["--out", "does/not/exist.json"])
         assert "no CUDA GPU here" in capsys.readouterr().err
+
+
+def test_ship_defaults_trains_judges_and_ships(data_root, tmp_path):
+    from cvaelib.shipped import load_shipped, manifest
+
+    args = ["--datasets", "mnist", "--components", "2", "--samples-per-class", "2", "--runs", str(tmp_path / "runs")]
+    args += ["--models", str(tmp_path / "models"), "--out", str(tmp_path / "ship.json")]
+    _load("ship_defaults").main([*args, "--subset", "10", "--epochs", "1"])
+    record = json.loads((tmp_path / "ship.json").read_text())
+    figures = record["models"]["mnist"]
+    assert figures["fitted_prior_components"] in (1, 2) and set(figures["fitted_prior_choosing"]) == {"1", "2"}
+    for key in ("learned_prior_judged", "fitted_prior_judged", "reconstructions_judged", "judge_on_real_test"):
+        assert 0 <= figures[key] <= 1, key
+    model = load_shipped("mnist_default", folder=tmp_path / "models")
+    assert model.fitted_prior.components == figures["fitted_prior_components"]
+    assert manifest(tmp_path / "models")["mnist_default"]["figures"]["samples_per_class"] == 2

@@ -71,7 +71,8 @@ def ship_default(dataset: str, runs: Path, components: int, per_class: int, mode
         "fitted_prior_judged": judged(judge, draw(priors[best]), per_class, 1),
         "samples_per_class": per_class,
     }
-    record = {"dataset": dataset, "recipe": "recipes.default_recipe", "figures": as_json(figures)}
+    about = {k: v for k, v in provenance(0.0, {}).items() if k in ("commit", "date", "device", "torch")}
+    record = {"dataset": dataset, "recipe": "recipes.default_recipe", "provenance": about, "figures": as_json(figures)}
     entry = ship(model, f"{dataset}_default", record, priors[best], models)
     return {**figures, "bytes": entry["bytes"], "sha256": entry["sha256"]}
 

@@ -107,3 +107,18 @@ def load_shipped(name: str, device: torch.device | str = "cpu", folder: Path = M
     model.fitted_prior = None if prior is None else FittedPrior.from_state(prior).to(device)
     model.shipped = entry
     return model.to(device).eval()
+
+
+def judged_line(model: nn.Module) -> str:
+    """One sentence from a shipped default's manifest entry (``benchmarks/ship_defaults.py``): how often the judge
+    named the requested class of its samples from the learned and the fitted prior, and of its reconstructions."""
+    f, about = model.shipped["figures"], model.shipped["provenance"]
+    n = 10 * f["samples_per_class"]
+    k = f["fitted_prior_components"]
+    fitted = "one full-covariance Gaussian" if k == 1 else f"a mixture of {k} full-covariance Gaussians"
+    return (
+        f"Judged on {n:,} samples each when it shipped ({about['date']}, {about['device']}): the learned prior's "
+        f"samples {f['learned_prior_judged']:.1%}, samples from {fitted} per class fitted to its codes "
+        f"{f['fitted_prior_judged']:.1%} (chosen among the fitted priors on another {n:,}), its reconstructions of "
+        f"test images {f['reconstructions_judged']:.1%}, real test images {f['judge_on_real_test']:.1%}."
+    )

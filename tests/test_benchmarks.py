@@ -361,7 +361,7 @@ def test_gpu_check_dry_run_lists_every_step_with_an_estimate(capsys):
 
 
 def test_ship_defaults_trains_judges_and_ships(data_root, tmp_path):
-    from cvaelib.shipped import load_shipped, manifest
+    from cvaelib.shipped import judged_line, load_shipped, manifest
 
     args = ["--datasets", "mnist", "--components", "2", "--samples-per-class", "2", "--runs", str(tmp_path / "runs")]
     args += ["--models", str(tmp_path / "models"), "--out", str(tmp_path / "ship.json")]
@@ -373,4 +373,6 @@ def test_ship_defaults_trains_judges_and_ships(data_root, tmp_path):
         assert 0 <= figures[key] <= 1, key
     model = load_shipped("mnist_default", folder=tmp_path / "models")
     assert model.fitted_prior.components == figures["fitted_prior_components"]
+    line = judged_line(model)  # what chapters 2 and 3 print of a shipped default, from its manifest entry
+    assert "Judged on 20 samples each" in line and f"{figures['fitted_prior_judged']:.1%}" in line
     assert manifest(tmp_path / "models")["mnist_default"]["figures"]["samples_per_class"] == 2

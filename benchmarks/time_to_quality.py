@@ -10,7 +10,7 @@ torchvision ``ToTensor`` dataset in a ``DataLoader``, the standard normal prior,
 ``--samples-per-class`` prior samples per class, which the judge classifies. Only training is
 timed. Prints each curve, the seconds each needs to reach the accuracy the peer ends with, their
 ratio, and the seconds the default needs to reach its target: a judged accuracy within a time budget,
-for MNIST 98 % in 120 s, for Fashion-MNIST 95 % of the judge's own accuracy on real test images in 300 s.
+for MNIST 98.5 % in 120 s, for Fashion-MNIST 84 % in 300 s (on the 2-core Xeon).
 Also the judge's accuracy on the test images blurred (``judge.accuracy_under_blur``): a decoder's mean image is
 blurred, and these say how much blur the target leaves room for.
 """
@@ -40,7 +40,7 @@ from cvaelib.remedies import RemedyLoss
 from cvaelib.train import fit, seed_everything
 
 # (judged accuracy, as a share of the judge's accuracy on real test images or absolute; seconds of training)
-TARGETS = {"mnist": (0.98, False, 120), "fashion_mnist": (0.95, True, 300)}
+TARGETS = {"mnist": (0.985, False, 120), "fashion_mnist": (0.84, False, 300)}
 
 
 class PeerCVAE(nn.Module):

@@ -351,8 +351,13 @@ def test_a_huge_learning_rate_stops_with_a_divergence_error(data_root, tmp_path)
                 "10",
             ]
         )
-    assert str(exit.value.code).startswith("error: training diverged") and "lower learning rate" in str(exit.value.code)
-    if ckpt.exists():  # whatever was saved before the divergence is finite
+    message = str(exit.value.code)
+    assert message.startswith("error: training diverged") and "lower learning rate" in message
+    epoch = int(message.split("at epoch ")[1].split(",")[0])
+    if epoch == 1:  # nothing good was saved, and the message claims no checkpoint
+        assert not ckpt.exists() and "is kept" not in message
+    else:  # the last good epoch's checkpoint is kept, finite, and named
+        assert f"{ckpt} is kept" in message and load_checkpoint(ckpt).meta["epoch"] == epoch - 1
         assert all(torch.isfinite(v).all() for v in load_checkpoint(ckpt).state_dict().values())
 
 

@@ -51,7 +51,10 @@ def test_reparameterisation_has_the_right_moments_and_gradients():
     torch.testing.assert_close(z.mean(0), mu.detach(), atol=0.02, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.5]), atol=0.02, rtol=0)
     z.sum().backward()
-    assert mu.grad is not None and logvar.grad is not None
+    # d(sum z)/d mu = the number of samples; d(sum z)/d logvar = sum eps * sigma / 2, whose mean over eps is 0
+    torch.testing.assert_close(mu.grad, torch.full((2,), 100_000.0))
+    eps = (z.detach() - mu.detach()) / torch.tensor([1.0, 0.5])
+    torch.testing.assert_close(logvar.grad, (eps * torch.tensor([1.0, 0.5]) / 2).sum(0), rtol=1e-4, atol=1e-2)
 
 
 def test_bernoulli_log_prob_matches_torch_distributions():
@@ -70,8 +73,11 @@ def test_gaussian_log_prob_matches_torch_distributions():
 def test_learned_sigma_is_a_parameter_that_gets_a_gradient():
     lik = make_likelihood("sigma")
     assert [n for n, _ in lik.named_parameters()] == ["log_sigma"]
-    lik.log_prob(torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)).sum().backward()
-    assert lik.log_sigma.grad is not None
+    mean, x = torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
+    lik.log_prob(mean, x).sum().backward()
+    # log N(x; mean, s^2) summed over N pixels: d/d log s = -N + sum (x - mean)^2 / s^2, at s = 1
+    expected = -mean.numel() + ((x - mean) ** 2).sum()
+    torch.testing.assert_close(lik.log_sigma.grad, expected.reshape(lik.log_sigma.shape))
     assert list(GaussianLikelihood(0.5).parameters()) == []
 
 

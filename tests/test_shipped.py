@@ -69,3 +69,29 @@ def test_unknown_and_missing_models_are_named(shipped_folder):
     with pytest.raises(FileNotFoundError, match="cifar10_tiny.pt is missing"):
         load_shipped("cifar10_tiny", folder=folder)
     assert json.loads((folder / MANIFEST).read_text())["cifar10_tiny"]["file"] == "cifar10_tiny.pt"
+
+
+def test_the_course_ships_its_trained_models_within_25_mb():
+    from cvaelib.provenance import RESULTS
+
+    entries = manifest()
+    assert {"cifar10_hierarchy", "mnist_default", "fashion_mnist_default"} <= set(entries)
+    weights = sum(e["bytes"] for e in entries.values()) + sum(p.stat().st_size for p in RESULTS.glob("judge_*.pt"))
+    assert weights <= 25e6, weights
+    for name, entry in entries.items():
+        model = load_shipped(name)  # checksum, weights_only, and the configuration it rebuilds into
+        assert model.fitted_prior is not None and model.fitted_prior.num_classes == model.num_classes == 10, name
+        assert {"commit", "date", "device"} <= set(entry["provenance"]), name
+
+
+def test_the_shipped_cifar10_model_reproduces_its_recorded_bits_per_dim(real_data):
+    from cvaelib import data
+    from cvaelib.evaluate import negative_elbo
+    from cvaelib.losses import bits_per_dim
+    from cvaelib.train import seed_everything
+
+    model = load_shipped("cifar10_hierarchy")
+    images, labels = (t[:500] for t in data.load("cifar10", "test", real_data))
+    seed_everything(0)
+    nelbo = negative_elbo(model, data.Batches(images, labels, 250, shuffle=False))["nelbo"]
+    assert bits_per_dim(nelbo, 3 * 32 * 32) == pytest.approx(model.shipped["check_bits_per_dim_500"], abs=0.01)

@@ -82,11 +82,19 @@ def test_shapes():
     x, y, mask = split_quadrants(images, 2)
     baseline, cvae = BaselineNet(hidden=32), StructuredCVAE(latent_dim=4, hidden=32)
     assert baseline(x).shape == (5, 1, 28, 28)
-    assert baseline.predict(x).min() >= 0 and baseline.predict(x).max() <= 1
+    torch.testing.assert_close(baseline.predict(x), torch.sigmoid(baseline(x)))  # the pixel means of its logits
     for mu, logvar in (cvae.prior(x), cvae.encode(x, y)):
         assert mu.shape == logvar.shape == (5, 4)
     assert cvae.decode_params(torch.randn(5, 4), x).shape == (5, 1, 28, 28)
     assert cvae.predict(x, num_samples=3).shape == (3, 5, 1, 28, 28)
+    with torch.random.fork_rng():  # predict decodes z drawn from the prior network p(z|x), with its noise
+        torch.manual_seed(1)
+        predicted = cvae.predict(x, num_samples=2)
+        torch.manual_seed(1)
+        mu, logvar = cvae.prior(x)
+        z = mu + (logvar / 2).exp() * torch.randn(2, *mu.shape)
+        expected = torch.sigmoid(cvae.decode_params(z.flatten(0, 1), x.repeat(2, 1, 1, 1))).view(2, 5, 1, 28, 28)
+    torch.testing.assert_close(predicted, expected)
     parts = negative_elbo(cvae, x, y, num_samples=10)
     assert parts["nelbo_per_image"].shape == (5,) and parts["loss"].dim() == 0
     assert torch.allclose(parts["nelbo"], parts["recon"] + parts["kl"])

@@ -95,7 +95,10 @@ def main(argv=None):
         d: ship_default(d, args.runs, args.components, args.samples_per_class, args.models, quick)
         for d in args.datasets
     }
-    record = {**provenance(time.time() - began, settings, threads=torch.get_num_threads()), "models": results}
+    record = {
+        **provenance(time.time() - began, settings, profile="benchmark", threads=torch.get_num_threads()),
+        "models": results,
+    }
     args.out.write_text(json.dumps(as_json(record), indent=1) + "\n")
     for d, r in results.items():
         print(

@@ -346,7 +346,9 @@ def main(argv=None):
             print(f"  python -m cvaelib train --dataset {dataset}: {r['command_seconds']:.0f} s in all")
     if a.out is not None:
         settings = {k: v for k, v in vars(a).items() if k != "out"}
-        record = provenance(time.time() - began, settings, threads=torch.get_num_threads(), results=results)
+        record = provenance(
+            time.time() - began, settings, profile="benchmark", threads=torch.get_num_threads(), results=results
+        )
         a.out.write_text(json.dumps(as_json(record), indent=1) + "\n")
         print(f"wrote {a.out}")
     return results

@@ -43,9 +43,9 @@ def ship(
     folder: Path = MODELS,
 ) -> dict:
     """Write ``model``'s weights in float16 to ``<folder>/<name>.pt`` with its fitted prior, and its manifest entry:
-    file, sha256, bytes, configuration and ``record`` (the dataset, the provenance and figures of its run; figures
-    of the shipped model are measured with the 16-bit weights, as ``load_shipped`` returns them). Returns the entry.
-    """
+    file, sha256, bytes, configuration and ``record`` (the dataset, the provenance and the figures of its run,
+    measured with its float32 weights; ``annotate`` adds figures measured on the shipped file afterwards). Returns
+    the entry."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}

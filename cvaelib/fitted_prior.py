@@ -110,16 +110,14 @@ def top_group_codes(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tens
     return groups[0].mu, groups[0].logvar, labels
 
 
-def _gaussian(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean (D,) and covariance (D, D) of the mixture (1/N) sum_n N(mu_n, diag(var_n)), in float64."""
+def _gaussian(mu: torch.Tensor, var: torch.Tensor) -> tuple:
+    """One component with the mean (D,) and covariance (D, D) of the mixture (1/N) sum_n N(mu_n, diag(var_n)), in
+    float64: its weight (1,), mean (1, D) and Cholesky factor (1, D, D)."""
     mu, var = mu.double(), var.double()
     centred = mu - mu.mean(0)
     cov = centred.T @ centred / len(mu) + torch.diag(var.mean(0))  # law of total covariance
-    return mu.mean(0), cov
-
-
-def _cholesky(cov: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.cholesky(cov + JITTER * torch.eye(len(cov), dtype=cov.dtype, device=cov.device))
+    jitter = JITTER * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+    return torch.ones(1, dtype=torch.float64), mu.mean(0)[None], torch.linalg.cholesky(cov + jitter)[None]
 
 
 def fit_prior(model: nn.Module, batches, components: int = 1, seed: int = 0) -> FittedPrior:
@@ -131,23 +129,13 @@ def fit_prior(model: nn.Module, batches, components: int = 1, seed: int = 0) -> 
     model.eval()
     mu, logvar, y = top_group_codes(model, batches)
     var = logvar.double().exp()
-    weights, means, trils = [], [], []
+    per_class = []  # (weights (K,), means (K, D), Cholesky factors (K, D, D)) of each class
     for c in range(model.num_classes):
         mu_c, var_c = mu[y == c], var[y == c]  # (N_c, D)
         if len(mu_c) < components:
             raise ValueError(f"class {c} has {len(mu_c)} images: too few to fit {components} Gaussian(s) to")
-        if components == 1:
-            mean, cov = _gaussian(mu_c, var_c)
-            weights.append(torch.ones(1, dtype=torch.float64))
-            means.append(mean[None])
-            trils.append(_cholesky(cov)[None])
-        else:
-            w, m, t = _mixture(mu_c, var_c, components, seed)
-            weights.append(w)
-            means.append(m)
-            trils.append(t)
-    device = mu.device
-    return FittedPrior(*(torch.stack(t).float().to(device) for t in (weights, means, trils)))
+        per_class.append(_gaussian(mu_c, var_c) if components == 1 else _mixture(mu_c, var_c, components, seed))
+    return FittedPrior(*(torch.stack(t).float().to(mu.device) for t in zip(*per_class)))
 
 
 def _mixture(mu: torch.Tensor, var: torch.Tensor, components: int, seed: int) -> tuple:

@@ -263,3 +263,17 @@ class Batches:
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.images[idx].float().div_(255), self.labels[idx]
+
+
+def batch_means(rows) -> dict:
+    """Dataset means from per-batch means: ``rows`` yields ``(batch size, {name: the batch's mean})``, and each
+    batch counts by its size, so that a smaller last batch does not weigh as much as a full one. The means may be
+    numbers or tensors (a mean per dimension)."""
+    totals, n = {}, 0
+    for size, means in rows:
+        for name, value in means.items():
+            totals[name] = totals.get(name, 0.0) + value * size
+        n += size
+    if n == 0:
+        raise ValueError("no images to average over: the batches are empty")
+    return {name: total / n for name, total in totals.items()}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import batch_means
 from .interface import labels_for
 from .losses import (
     LOG_2PI,
@@ -35,14 +36,14 @@ def _model_device(model):
 def negative_elbo(model: nn.Module, batches) -> dict:
     """Mean negative ELBO, reconstruction and KL on a dataset, nats/image (chapter 1)."""
     model.eval()
-    device, totals, n = _model_device(model), {"nelbo": 0.0, "recon": 0.0, "kl": 0.0}, 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        parts = elbo(model, x, y)
-        for k in totals:
-            totals[k] += float(parts[k]) * len(x)
-        n += len(x)
-    return {k: v / n for k, v in totals.items()}
+    device = _model_device(model)
+
+    def rows():
+        for x, y in batches:
+            parts = elbo(model, x.to(device), y.to(device))
+            yield len(x), {k: float(parts[k]) for k in ("nelbo", "recon", "kl")}
+
+    return batch_means(rows())
 
 
 def samples_per_pass(x: torch.Tensor, max_images: int | None = None) -> int:
@@ -82,13 +83,15 @@ def iwae_bound(model: nn.Module, batches, k: int = 100) -> float:
     """
     _check_k(k)
     model.eval()
-    device, total, n = _model_device(model), 0.0, 0
-    for x, y in batches:
-        x, y = x.to(device), labels_for(model, y.to(device))
-        log_w = log_importance_weights(model, x, y, k)  # (K, B)
-        total += float(-log_mean_exp(log_w, 0).sum())
-        n += len(x)
-    return total / n
+    device = _model_device(model)
+
+    def rows():
+        for x, y in batches:
+            x, y = x.to(device), labels_for(model, y.to(device))
+            log_w = log_importance_weights(model, x, y, k)  # (K, B)
+            yield len(x), {"iwae": float(-log_mean_exp(log_w, 0).mean())}
+
+    return batch_means(rows())["iwae"]
 
 
 @torch.no_grad()
@@ -353,36 +356,39 @@ def report(
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    device, n, passes, labels = _model_device(model), 0, [], []
-    totals = {"nelbo": 0.0, "recon": 0.0, "kl": 0.0, "iwae": 0.0, "kl_per_dim": 0.0, "kl_groups": 0.0}
-    for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
-        x, y = _layout(x.to(device), channels_last), labels_for(model, y.to(device))
-        out = model(x, y)
-        parts = elbo_terms(out)
-        log_w = log_importance_weights(model, x, y, k, images_per_pass)  # (K, B)
-        totals["iwae"] -= float(log_mean_exp(log_w, 0).sum())
-        for key in ("nelbo", "recon", "kl", "kl_per_dim", "kl_groups"):
-            totals[key] = totals[key] + parts[key] * len(x)
-        if n < stats_images:
-            passes.append(out["groups"])
-            labels.append(y)
-        n += len(x)
+    device, passes, labels = _model_device(model), [], []
+
+    def rows():  # the bounds over every image; the posteriors of the first stats_images kept for the statistics
+        seen = 0
+        for x, y in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+            x, y = _layout(x.to(device), channels_last), labels_for(model, y.to(device))
+            out = model(x, y)
+            parts = elbo_terms(out)
+            log_w = log_importance_weights(model, x, y, k, images_per_pass)  # (K, B)
+            if seen < stats_images:
+                passes.append(out["groups"])
+                labels.append(y)
+            seen += len(x)
+            keys = ("nelbo", "recon", "kl", "kl_per_dim", "kl_groups")
+            yield len(x), {"iwae": float(-log_mean_exp(log_w, 0).mean()), **{key: parts[key] for key in keys}}
+
+    totals = batch_means(rows())
     groups, labels = _concatenated(passes, labels, stats_images)
     figures = group_figures(groups, labels)
-    for figure, kl in zip(figures, (totals["kl_groups"] / n).tolist()):
+    for figure, kl in zip(figures, totals["kl_groups"].tolist()):
         figure["kl_nats"] = kl  # over every image
-    nelbo = float(totals["nelbo"]) / n
+    nelbo = float(totals["nelbo"])
     return {
         "negative_elbo_nats": nelbo,
-        "reconstruction_nats": float(totals["recon"]) / n,
-        "kl_nats": float(totals["kl"]) / n,
+        "reconstruction_nats": float(totals["recon"]),
+        "kl_nats": float(totals["kl"]),
         # Only a likelihood of 8-bit pixel values gives a true bits/dim.
         "bits_per_dim": bits_per_dim(nelbo, math.prod(model.image_shape)) if model.likelihood.discrete else None,
-        "iwae_nats": totals["iwae"] / n,
+        "iwae_nats": totals["iwae"],
         "iwae_k": k,
         "active_units": sum(f["active_units"] for f in figures),
         "latent_dim": model.latent_dim,
-        "kl_per_dim": (totals["kl_per_dim"] / n).tolist(),
+        "kl_per_dim": totals["kl_per_dim"].tolist(),
         "mutual_information_nats": total_mutual_information(figures),
         # a model of one group: its average KL = I(x; z | y) + KL(q(z|y) || p(z|y)), per class (None: a hierarchy)
         "kl_split": kl_split(groups[0], labels) if len(groups) == 1 else None,

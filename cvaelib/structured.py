@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import batch_means
 from .evaluate import log_importance_weights
 from .interface import check_samples, repeat_batch
 from .losses import GroupStats, elbo_terms, log_mean_exp, reparameterize
@@ -287,14 +288,14 @@ def evaluate(model, batches, num_given, num_samples=10, k=100, objective="elbo")
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     model.eval()
     device = next(model.parameters()).device
-    totals, n = {}, 0
-    for images, _ in batches:
-        x, y, mask = split_quadrants(images.to(device), num_given)
-        parts = model.test_terms(model, x, y, mask, objective, num_samples, k)
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + float(value.sum())
-        n += len(images)
-    return {name: total / n for name, total in totals.items()}
+
+    def rows():
+        for images, _ in batches:
+            x, y, mask = split_quadrants(images.to(device), num_given)
+            parts = model.test_terms(model, x, y, mask, objective, num_samples, k)  # (B,) each
+            yield len(images), {name: float(value.mean()) for name, value in parts.items()}
+
+    return batch_means(rows())
 
 
 def per_missing_pixel(t, mask):

@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .checkpoint import check_writable, read_checkpoint, refuse_another_run, save_checkpoint
+from .data import batch_means
 
 
 @dataclass(frozen=True)
@@ -330,14 +331,13 @@ def evaluate_loss(model: nn.Module, loss_fn, batches, device) -> dict:
     """Average every scalar part of ``loss_fn`` over ``batches``, weighted by batch size."""
     was_training = model.training
     model.eval()
-    totals, n = {}, 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        for k, v in _scalars(loss_fn(model, x, y)).items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(x)
-        n += len(x)
+    rows = (
+        (len(x), {k: float(v) for k, v in _scalars(loss_fn(model, x.to(device), y.to(device))).items()})
+        for x, y in batches
+    )
+    means = batch_means(rows)
     model.train(was_training)
-    return {k: v / n for k, v in totals.items()}
+    return means
 
 
 class _SavedRun:

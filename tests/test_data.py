@@ -205,3 +205,12 @@ def test_a_failed_download_has_a_timeout_and_leaves_no_folder_behind(tmp_path, m
     assert err.value.__cause__ is None and err.value.__suppress_context__  # one message, no chain of tracebacks
     assert seen["timeout"] == data.DOWNLOAD_TIMEOUT and socket.getdefaulttimeout() is None
     assert not (tmp_path / "data").exists()
+
+
+def test_batch_means_weigh_each_batch_by_its_size():
+    rows = [(4, {"loss": 1.0, "per_dim": torch.tensor([1.0, 2.0])}), (1, {"loss": 6.0, "per_dim": torch.zeros(2)})]
+    means = data.batch_means(iter(rows))
+    assert means["loss"] == pytest.approx((4 * 1.0 + 6.0) / 5)  # not (1 + 6) / 2
+    torch.testing.assert_close(means["per_dim"], torch.tensor([0.8, 1.6]))
+    with pytest.raises(ValueError, match="no images"):
+        data.batch_means(iter([]))

@@ -20,7 +20,7 @@ import torch
 from cvaelib import data, load_checkpoint
 from cvaelib.cli import main as cli
 from cvaelib.fitted_prior import FittedPrior, fit_prior, sample_with
-from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
+from cvaelib.judge import classifier_accuracy, judge_samples, load_judge, reconstructions_judged
 from cvaelib.provenance import RESULTS, as_json, provenance
 from cvaelib.shipped import ship
 from cvaelib.train import seed_everything
@@ -31,13 +31,6 @@ def judged(judge, sample, per_class: int, seed: int) -> float:
     labels = torch.arange(10).repeat_interleave(per_class)
     seed_everything(seed)
     return judge_samples(judge, sample(labels).cpu(), labels)["accuracy"]
-
-
-@torch.no_grad()
-def reconstructions_judged(judge, model, images, labels) -> float:
-    x, y = next(iter(data.Batches(images, labels, len(images), shuffle=False)))
-    mu, _ = model.encode(x, y)
-    return judge_samples(judge, model.decode(mu, y), y)["accuracy"]
 
 
 def ship_default(dataset: str, runs: Path, components: int, per_class: int, models: Path, quick=()) -> dict:

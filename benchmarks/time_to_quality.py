@@ -32,7 +32,7 @@ from cvaelib.cli import default_speed
 from cvaelib.cli import main as cli
 from cvaelib.evaluate import gather_groups, kl_split
 from cvaelib.fitted_prior import fit_prior, sample_with
-from cvaelib.judge import accuracy_under_blur, classifier_accuracy, judge_samples, load_judge
+from cvaelib.judge import accuracy_under_blur, classifier_accuracy, judge_samples, load_judge, reconstructions_judged
 from cvaelib.models import build_model
 from cvaelib.provenance import as_json, provenance
 from cvaelib.recipes import default_recipe
@@ -93,17 +93,6 @@ def _judged(judge, sample, samples_per_class, seed=0):
     torch.manual_seed(seed)
     requested = torch.arange(10).repeat_interleave(samples_per_class)
     return judge_samples(judge, sample(requested).cpu(), requested)["accuracy"]
-
-
-@torch.no_grad()
-def reconstructions_judged(judge, model, images, labels) -> float:
-    """How often the judge names the class of the model's reconstructions of real test images (z at the
-    posterior's mean, the decoder's mean image): what its decoder draws when z is the image's own. Prior samples
-    come from the same decoder, so they seldom look more like their class than this."""
-    model.eval()
-    x, labels = next(iter(data.Batches(images, labels, len(images), shuffle=False)))  # uint8 -> float in [0, 1]
-    mu, _ = model.encode(x, labels)
-    return judge_samples(judge, model.likelihood.mean(model.decode_params(mu, labels)), labels)["accuracy"]
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from . import data
 from .checkpoint import check_writable, load_checkpoint, read_checkpoint, refuse_another_run, trained_epochs
 from .evaluate import expected_seconds, report
-from .fitted_prior import fit_prior, loaded_fitted_prior, store_fitted_prior
+from .fitted_prior import fit_prior, loaded_fitted_prior, sample_with, store_fitted_prior
 from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
@@ -486,10 +486,11 @@ def sample(args):
     check_writable(args.out, "--out")
     seed_everything(args.seed)
     if model.num_classes:
-        labels = torch.arange(model.num_classes).repeat_interleave(args.n_per_class).to(device)
-        top = None if prior is None else prior.sample(labels, args.temperature)
-        images = model.sample(labels, temperature=args.temperature, mean=args.mean, top=top)
-        labels = labels.cpu()
+        labels = torch.arange(model.num_classes).repeat_interleave(args.n_per_class)
+        if prior is None:
+            images = model.sample(labels.to(device), temperature=args.temperature, mean=args.mean)
+        else:
+            images = sample_with(model, prior, labels, temperature=args.temperature, mean=args.mean)
     else:  # a VAE has no classes: 10 * K unlabelled samples, label -1
         labels = torch.full((10 * args.n_per_class,), -1)
         images = model.sample(num_samples=len(labels), temperature=args.temperature, mean=args.mean)

@@ -232,3 +232,15 @@ def frechet_distance(classifier: nn.Module, real: torch.Tensor, fake: torch.Tens
     for x in fake.split(1000):
         metric.update(x.to(device), real=False)
     return float(metric.compute())
+
+
+@torch.no_grad()
+def reconstructions_judged(judge: nn.Module, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """How often the judge names the class of a conditional model's reconstructions of real images (uint8, with
+    their labels): z at each image's posterior mean, decoded to the decoder's mean image. What its decoder draws when
+    z is the image's own: a reference for its prior samples, which come from the same decoder."""
+    model.eval()
+    device = next(model.parameters()).device
+    x, y = next(iter(Batches(images, labels, len(images), shuffle=False, device=device)))  # uint8 -> float in [0, 1]
+    mu, _ = model.encode(x, y)
+    return judge_samples(judge, model.decode(mu, y), y)["accuracy"]

@@ -7,9 +7,12 @@ learning-rate decay set for ``--epochs`` and the average of the weights (EMA), f
 ``--epochs``, whichever ends first. After every ``--eval-every`` minutes of training it records the minutes, the
 epochs, the images per second and the averaged model's bits/dim on the whole test set: a curve. Checkpoints go to
 ``--runs`` (outside the repository), so an interrupted run resumes: the same command again goes on, and once the
-budget is spent it only collects. At the end: the IWAE bound (``--k`` samples) on the whole test set, the same-data
-full-covariance Gaussian, the diagnosis, the judge's accuracy on prior samples at each temperature, and the
-averaged weights in 16 bits (``--weights``), with their sha256 in the record written to ``--out``.
+budget is spent it only collects. A run resumed with a larger ``--epochs`` goes on under the cosine of the new
+length from the step it reached (the learning rate rises to that cosine's value there, a warm restart); the record's
+``schedule`` lists each length planned and where it began. At the end: the IWAE bound (``--k`` samples, on the
+first ``--iwae-images`` test images), the same-data full-covariance Gaussian, the diagnosis, the judge's accuracy on
+prior samples (the temperature chosen on other samples), and the averaged weights shipped in 16 bits to ``--models``
+with their sha256, and the record written to ``--out``.
 """
 
 import argparse
@@ -45,6 +48,18 @@ def settings(size: str, num_epochs: int) -> tuple:
     learning rate to 0 at the end of ``num_epochs`` (the length the run is planned for)."""
     model, remedies, optim, batch_size = contenders(size)["hierarchical"]
     return model, remedies, replace(optim, cosine_decay=True), batch_size
+
+
+def planned(runs: Path, num_epochs: int) -> list:
+    """The lengths the run was planned for, each with where (training minutes, epochs) it took over: a resumed run
+    with another ``--epochs`` adds one. Kept in ``runs/schedule.json`` beside the checkpoint."""
+    path, log = runs / "schedule.json", runs / "hierarchical.json"
+    plans = json.loads(path.read_text()) if path.exists() else []
+    if not plans or plans[-1]["num_epochs"] != num_epochs:
+        reached = json.loads(log.read_text())["curve"][-1] if plans and log.exists() else {"minutes": 0, "epochs": 0}
+        plans.append({"num_epochs": num_epochs, "from_minutes": reached["minutes"], "from_epochs": reached["epochs"]})
+        path.write_text(json.dumps(plans))
+    return plans
 
 
 def with_speed(curve: list, train_images: int) -> list:
@@ -110,6 +125,7 @@ def collect(args, state, model, source, began, train_images, train_labels, test_
         "data": DATA,
         "training_minutes": round(state["seconds"] / 60, 2),
         "training_threads": state["threads"],
+        "schedule": planned(args.runs, args.epochs),
         "curve": curve,
         "test_bits_per_dim": curve[-1]["test_bits_per_dim"],
         "test_images": len(test_labels),
@@ -155,6 +171,7 @@ def main(argv=None):
     train_images, train_labels = data.load("cifar10", "train")
     test_images, test_labels = (t[: args.test_images] for t in data.load("cifar10", "test"))
     test_batches = data.Batches(test_images, test_labels, 500, shuffle=False)
+    planned(args.runs, args.epochs)  # before training: a new length takes over where the run stands
     state, model = race(
         "hierarchical",
         settings(args.size, args.epochs),

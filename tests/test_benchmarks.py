@@ -342,6 +342,18 @@ def test_long_run_records_its_curve_and_ships_a_model_that_loads(data_root, tmp_
     assert model.config.size == "tiny" and model.fitted_prior is not None
     assert entry["check_bits_per_dim_500"] == pytest.approx(record["shipped"]["check_bits_per_dim_500"])
     assert entry["provenance"]["commit"] == record["commit"]
+    assert record["schedule"] == [{"num_epochs": 1, "from_minutes": 0, "from_epochs": 0}]
+
+
+def test_long_run_resumed_with_more_epochs_records_where_the_new_schedule_took_over(tmp_path):
+    module = _load("long_run")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert module.planned(runs, 20) == [{"num_epochs": 20, "from_minutes": 0, "from_epochs": 0}]
+    (runs / "hierarchical.json").write_text(json.dumps({"curve": [{"minutes": 120.0, "epochs": 17.9}]}))
+    assert module.planned(runs, 20) == [{"num_epochs": 20, "from_minutes": 0, "from_epochs": 0}]  # the same plan
+    assert module.planned(runs, 30)[-1] == {"num_epochs": 30, "from_minutes": 120.0, "from_epochs": 17.9}
+    assert len(module.planned(runs, 30)) == 2
 
 
 def test_gpu_check_dry_run_lists_every_step_with_an_estimate(capsys):

@@ -30,7 +30,6 @@ from torchvision.utils import save_image
 from cvaelib import data, plots
 from cvaelib.baselines import gaussian_bits_per_dim
 from cvaelib.checkpoint import read_checkpoint, refuse_another_run
-from cvaelib.cli import default_speed
 from cvaelib.diagnostics import diagnose
 from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
 from cvaelib.losses import bits_per_dim
@@ -38,7 +37,7 @@ from cvaelib.models import build_model
 from cvaelib.provenance import provenance
 from cvaelib.recipes import HIERARCHICAL, default_recipe
 from cvaelib.remedies import RemedyLoss, group_kls
-from cvaelib.train import default_device, ema_of, evaluate_loss, fit, seed_everything
+from cvaelib.train import SpeedConfig, default_device, ema_of, evaluate_loss, fit, seed_everything
 
 
 def contenders(size: str = "small") -> dict:
@@ -129,7 +128,7 @@ def race(
             progress=False,
             max_minutes=max_minutes,
             device=device,
-            speed=default_speed("hierarchical", device),
+            speed=SpeedConfig.default("hierarchical", device),
             ema=ema,
         )
         return len(history) >= num_epochs
@@ -258,7 +257,7 @@ def main(argv=None):
             "curve": state["curve"],
             "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
             "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],
-            "speed": asdict(default_speed("hierarchical", args.device)),
+            "speed": asdict(SpeedConfig.default("hierarchical", args.device)),
             "ema": HIERARCHICAL.ema,
             "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
             "active_groups": d["active_groups"],

@@ -28,7 +28,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cvaelib import data
-from cvaelib.cli import default_speed
 from cvaelib.cli import main as cli
 from cvaelib.evaluate import gather_groups, kl_split
 from cvaelib.fitted_prior import fit_prior, sample_with
@@ -37,7 +36,7 @@ from cvaelib.models import build_model
 from cvaelib.provenance import as_json, provenance
 from cvaelib.recipes import default_recipe
 from cvaelib.remedies import RemedyLoss
-from cvaelib.train import fit, seed_everything
+from cvaelib.train import SpeedConfig, fit, seed_everything
 
 # (judged accuracy, as a share of the judge's accuracy on real test images or absolute; seconds of training)
 TARGETS = {"mnist": (0.985, False, 120), "fashion_mnist": (0.84, False, 300)}
@@ -181,7 +180,7 @@ def default_curve(recipe, dataset, judge, epochs, samples_per_class, train_size,
         batches,
         epochs or recipe.num_epochs,
         config=recipe.train,
-        speed=default_speed(recipe.model.arch, "cpu"),
+        speed=SpeedConfig.default(recipe.model.arch, "cpu"),
         device="cpu",
         progress=False,
     )

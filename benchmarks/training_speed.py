@@ -12,7 +12,7 @@ default recipe) with ``cvaelib.train.fit`` for ``--steps`` timed steps after ``-
 ones, once per setting, all in this one process one after the other, and prints images per second and the
 speed-up over float32, contiguous, at the first batch size. bfloat16 is measured only where it is native
 (``train.bf16_is_fast``); the likelihood and the KL stay in float32. Channels-last is measured for
-convolutions only. The last row is what ``train`` runs with now: ``cli.default_speed``, at the recipe's batch
+convolutions only. The last row is what ``train`` runs with now: ``SpeedConfig.default``, at the recipe's batch
 size, with its learning-rate warm-up and its average of the weights (EMA) where it has them.
 Run it alone: another job on the machine measures contention, not the model.
 """
@@ -25,7 +25,6 @@ from dataclasses import replace
 import torch
 
 from cvaelib import data
-from cvaelib.cli import default_speed
 from cvaelib.models import build_model
 from cvaelib.provenance import device_description
 from cvaelib.recipes import Recipe, default_recipe
@@ -100,7 +99,7 @@ def main(argv=None) -> list:
             }
         )
         print(rows[-1], flush=True)
-    default, batch_size = default_speed(a.arch, "cpu"), recipe.batch_size
+    default, batch_size = SpeedConfig.default(a.arch, "cpu"), recipe.batch_size
     rate = images_per_second(recipe, images, labels, batch_size, default, a.steps, a.warmup, as_trained=True)
     rows.append(
         {

@@ -33,7 +33,6 @@ from .train import (
     SpeedConfig,
     TrainConfig,
     TrainingInterrupted,
-    bf16_is_fast,
     default_device,
     ema_of,
     evaluate_loss,
@@ -305,16 +304,9 @@ def _option_error(parser: argparse.ArgumentParser, error: ValueError) -> None:
     parser.error(f"argument {_flag(name)}: {reason}" if _flag(name) else str(error))
 
 
-def default_speed(arch: str, device: torch.device | str) -> SpeedConfig:
-    """The speed switches ``train`` uses when none is given, measured fastest (``benchmarks/training_speed.py``):
-    bfloat16 where the device has native bfloat16, for every model; channels-last for convolutions
-    (``--arch hierarchical`` or ``conv``)."""
-    return SpeedConfig(bf16=bf16_is_fast(device), channels_last=arch in ("hierarchical", "conv"))
-
-
 def _speed(args, arch: str, device: torch.device) -> SpeedConfig:
-    """The speed options as typed, the others from ``default_speed`` for the model's ``arch``."""
-    default = default_speed(arch, device)
+    """The speed options as typed, the others from ``SpeedConfig.default`` for the model's ``arch``."""
+    default = SpeedConfig.default(arch, device)
     return replace(default, **{f.name: getattr(args, f.name) for f in fields(SpeedConfig) if hasattr(args, f.name)})
 
 

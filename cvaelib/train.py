@@ -67,6 +67,13 @@ class SpeedConfig:
         if not isinstance(self.sync_every, int) or self.sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, got {self.sync_every!r}")
 
+    @classmethod
+    def default(cls, arch: str, device: torch.device | str) -> "SpeedConfig":
+        """The switches ``train`` uses when none is given, measured fastest (``benchmarks/training_speed.py``):
+        bfloat16 where the device has native bfloat16, for every model; channels-last for convolutions
+        (``--arch hierarchical`` or ``conv``)."""
+        return cls(bf16=bf16_is_fast(device), channels_last=arch in ("hierarchical", "conv"))
+
 
 def ema_of(model: nn.Module, decay: float = 0.999) -> AveragedModel:
     """An exponential moving average of ``model``'s weights for ``fit(..., ema=)`` to keep up to date (VDVAE

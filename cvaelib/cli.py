@@ -5,23 +5,21 @@ import functools
 import inspect
 import json
 import math
-import os
 import re
 import sys
 import textwrap
 import time
 import types
 import typing
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from . import data
-from .checkpoint import check_writable, load_checkpoint, read_checkpoint, refuse_another_run, trained_epochs
+from .checkpoint import SavedRun, check_writable, load_checkpoint
+from .distributed import World, process_group
 from .evaluate import expected_seconds, report
 from .fitted_prior import fit_prior, loaded_fitted_prior, sample_with, store_fitted_prior
 from .hierarchical import SIZES, HierarchicalConfig
@@ -319,55 +317,7 @@ def _test_batches(name, root, device, n=None, per_class=None):
     return data.Batches(images, labels, 500, shuffle=False, device=device)
 
 
-@dataclass(frozen=True)
-class _World:
-    """The processes of a ``torchrun`` launch of ``train``: one process, rank 0, without torchrun."""
-
-    rank: int = 0
-    local_rank: int = 0
-    size: int = 1
-
-
-def _world() -> _World:
-    """torchrun's RANK, LOCAL_RANK and WORLD_SIZE, read from the environment (``train``)."""
-    env = os.environ
-    return _World(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
-
-
-def _train_device(name: str | None, world: _World) -> torch.device:
-    """``--device`` (else the best available); under torchrun each process on its own GPU, cuda:LOCAL_RANK."""
-    device = torch.device(name) if name else default_device()
-    if world.size == 1:
-        return device
-    if device.type == "cuda":
-        return torch.device("cuda", world.local_rank)
-    if device.type != "cpu":
-        raise ValueError(f"torchrun with {world.size} processes trains on cuda or cpu, not {device.type}")
-    return device
-
-
-@contextmanager
-def _process_group(world: _World, device: torch.device):
-    """With several torchrun processes, ``train``'s process group (nccl on CUDA, gloo on the CPU).
-
-    It is destroyed at the end, also on an error. Without torchrun (one process) there is none.
-    """
-    if world.size == 1:
-        yield
-        return
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group(
-        "nccl" if cuda else "gloo", rank=world.rank, world_size=world.size, **({"device_id": device} if cuda else {})
-    )
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _train_batches(args, recipe: Recipe, device: torch.device, world: _World) -> data.Batches:
+def _train_batches(args, recipe: Recipe, device: torch.device, world: World) -> data.Batches:
     """``train``'s training images (``--subset`` of them per class): each process its shard of every epoch's
     permutation, in batches of its share of ``--batch-size``."""
     images, labels = data.load(args.dataset, "train", args.data_root)
@@ -378,35 +328,27 @@ def _train_batches(args, recipe: Recipe, device: torch.device, world: _World) ->
     return data.Batches(images, labels, batch_size, device=device, seed=seed, rank=world.rank, world_size=world.size)
 
 
-def _run_meta(args, recipe: Recipe) -> dict:
-    """What ``train`` stores in its checkpoint to rebuild and resume the run. A checkpoint already at ``--out``
-    must hold the same, or ``train`` refuses it (a ValueError) rather than resume another run into it."""
-    meta = recipe.meta(args.dataset, args.subset)
-    if args.out.exists():
-        refuse_another_run(read_checkpoint(args.out), meta, args.out, "--out")
-    return meta
-
-
 def train(args, parser):
     """``python -m cvaelib train``; under ``torchrun --nproc_per_node N``, one model on N processes (DDP)."""
     try:
         recipe = _recipe(args)
     except ValueError as e:
         _option_error(parser, e)
-    world, batch_size, epochs = _world(), recipe.batch_size, recipe.num_epochs
+    world, batch_size, epochs = World.from_environment(), recipe.batch_size, recipe.num_epochs
     if batch_size % world.size:
         parser.error(
             f"--batch-size {batch_size} must be divisible by the {world.size} torchrun processes, "
             "which take equal shares of every batch"
         )
     say = print if world.rank == 0 else (lambda *a, **k: None)  # rank 0 speaks for all processes
-    meta = _run_meta(args, recipe)
-    if args.out.exists():  # refused before the data is read and any epoch runs
+    # the one read of --out: another run's checkpoint is refused here, before the data is read and any epoch runs
+    saved = SavedRun(args.out, recipe.meta(args.dataset, args.subset), "--out")
+    if saved.contents is not None:
         say(f"resuming from {args.out}")
     if world.rank == 0:  # the only writer; two processes would race on the probe file
         check_writable(args.out, "--out")
-    device = _train_device(args.device, world)
-    with _process_group(world, device):
+    device = world.device(torch.device(args.device) if args.device else default_device())
+    with process_group(world, device):
         train_batches = _train_batches(args, recipe, device, world)
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
         seed_everything(recipe.train.seed)
@@ -430,15 +372,14 @@ def train(args, parser):
             config=recipe.train,
             speed=_speed(args, recipe.model.arch, device),
             device=device,
-            checkpoint=args.out,
-            meta=meta,
+            checkpoint=saved,
             progress=not args.no_progress and world.rank == 0,
             max_minutes=args.max_minutes,
             ema=ema,
         )
     if world.rank != 0:  # the figures and the checkpoint are rank 0's
         return
-    done, _ = trained_epochs(read_checkpoint(args.out))
+    done, _ = saved.epochs_done()
     if done == len(history) and history and "test_nelbo" in history[-1]:
         # the last epoch's test figures, as its line printed them: one figure per run, not a second estimate
         final = {k.removeprefix("test_"): v for k, v in history[-1].items() if k.startswith("test_")}
@@ -448,7 +389,7 @@ def train(args, parser):
     print(_json(figures))
     print(f"saved {args.out}" + (f" ({done:.3g} of {epochs} epochs)" if done < epochs else ""))
     if model.num_classes and done >= epochs:  # a finished conditional run: the prior its samples come from
-        _fit_and_store_prior(model if ema is None else ema.module, train_batches.images, train_batches.labels, args.out)
+        _fit_and_store_prior(model if ema is None else ema.module, train_batches.images, train_batches.labels, saved)
 
 
 def _final_figures(model, history: list, done: float, final: dict, seconds: float) -> dict:
@@ -499,16 +440,16 @@ def fit_prior_command(args):
     run = model.meta["train"]
     images, labels = data.load(model.meta["dataset"], "train", args.data_root)
     images, labels = data.stratified_subset(images, labels, run["subset"], seed=run["seed"])  # as it trained
-    _fit_and_store_prior(model, images, labels, args.checkpoint, args.components, args.seed)
+    _fit_and_store_prior(model, images, labels, SavedRun(args.checkpoint), args.components, args.seed)
 
 
-def _fit_and_store_prior(model, images, labels, path: Path, components: int = 1, seed: int = 0) -> None:
-    """Fit a prior per class to the codes of ``images`` and store it in the checkpoint at ``path``."""
+def _fit_and_store_prior(model, images, labels, saved: SavedRun, components: int = 1, seed: int = 0) -> None:
+    """Fit a prior per class to the codes of ``images`` and store it in the checkpoint ``saved``."""
     batches = data.Batches(images, labels, 500, shuffle=False, device=next(model.parameters()).device)
-    store_fitted_prior(path, fit_prior(model, batches, components, seed))
+    store_fitted_prior(saved, fit_prior(model, batches, components, seed))
     print(
         f"fitted {components} full-covariance Gaussian(s) per class to the codes of {len(labels)} training images; "
-        f"stored in {path} (sample draws from it by default, --prior learned from the model's own)"
+        f"stored in {saved.path} (sample draws from it by default, --prior learned from the model's own)"
     )
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import SavedRun
 from .evaluate import gather_groups
 from .interface import check_temperature
 
@@ -160,10 +160,9 @@ def sample_with(
     return model.sample(labels, temperature=temperature, mean=mean, top=top)
 
 
-def store_fitted_prior(path: str | Path, prior: FittedPrior) -> None:
-    """Add ``prior`` to the checkpoint at ``path`` (rewritten atomically; tensors only)."""
-    state = read_checkpoint(path)
-    save_checkpoint(path, **{**state, "fitted_prior": {k: t.cpu() for k, t in prior.state().items()}})
+def store_fitted_prior(saved: SavedRun, prior: FittedPrior) -> None:
+    """Add ``prior`` to the checkpoint ``saved`` (rewritten atomically; tensors only)."""
+    saved.add(fitted_prior={k: t.cpu() for k, t in prior.state().items()})
 
 
 def loaded_fitted_prior(model: nn.Module, path: str | Path) -> FittedPrior:

@@ -6,9 +6,8 @@ a ``TrainConfig``, how fast it runs a ``SpeedConfig``: small frozen dataclasses 
 command line, the chapters and the checkpoints share.
 
 Under ``torchrun`` (an initialised process group of several processes), ``fit`` trains one model
-with ``DistributedDataParallel``: each process its shard of the batches (``data.Batches`` with
-``rank`` and ``world_size``), gradients averaged by DDP, loss parts averaged over the processes,
-and only rank 0 shows progress and writes the checkpoint.
+with ``DistributedDataParallel``; ``distributed.py`` holds what that takes, ``checkpoint.SavedRun`` the
+saved run that a later call resumes from.
 """
 
 import itertools
@@ -23,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoint import check_writable, read_checkpoint, refuse_another_run, save_checkpoint
+from . import distributed
+from .checkpoint import SavedRun, check_writable
 from .data import batch_means
 
 
@@ -136,85 +134,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    """Every random state as tensors, numbers and lists, so that a checkpoint loads with weights_only=True."""
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()  # ('MT19937', (624,) uint32, int, int, float)
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()  # CPU byte tensors, one per GPU
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _world_size() -> int:
-    """Processes of the initialised process group (``torchrun``, ``python -m cvaelib train``), else 1."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    """This process's rank in the process group; 0 without one."""
-    return dist.get_rank() if _world_size() > 1 else 0
-
-
-def _comm_device(device: torch.device) -> torch.device:
-    """Where the small tensors of ``fit``'s collectives live: the GPU for nccl, the CPU for gloo."""
-    return device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """A torch seed of its own for each (seed, epoch, process): distributed ranks draw different noise."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def _rank0_decides(flag: bool, device: torch.device) -> bool:
-    """Rank 0's ``flag`` on every process (``max_minutes``: all processes stop at the same step)."""
-    if _world_size() == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=_comm_device(device))  # (1,)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-class _DistributedForward:
-    """The model as ``loss_fn`` sees it under DDP: a call runs DDP's forward, attributes are the model's.
-
-    ``RemedyLoss`` and ``losses.elbo`` call ``model(x, y)`` (DDP's forward, whose backward averages the
-    gradients over the processes) and read ``model.likelihood``, ``model.num_classes`` and
-    ``model.training``, which DDP itself does not expose (it has ``.module``). A ``loss_fn`` under
-    DDP must run the model through this call, once per step, not through its other methods.
-    """
-
-    def __init__(self, ddp: nn.Module, model: nn.Module):
-        self._ddp, self._model = ddp, model
-
-    def __call__(self, *args, **kwargs):
-        return self._ddp(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped ``fit`` cleanly after a whole step; ``checkpoint`` (if any) holds that step."""
 
@@ -234,7 +153,7 @@ def _first_ctrl_c_stops_after_the_step():
     thread, and under torchrun every process gets its own: there, Ctrl-C interrupts as usual.
     """
     stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or _world_size() > 1:
+    if threading.current_thread() is not threading.main_thread() or distributed.world_size() > 1:
         yield stop
         return
 
@@ -302,20 +221,16 @@ class _EpochTotals:
     def _first_bad(self, bad_steps):
         """The first flagged step of these pending ones on any process, or None."""
         first = int(bad_steps.nonzero()[0]) if bad_steps.any() else len(bad_steps)
-        if _world_size() > 1:  # every process flushes the same number of steps at the same time
-            t = torch.tensor([first], device=_comm_device(self.device))  # (1,)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            first = int(t.item())
+        # every process flushes the same number of steps at the same time
+        first = distributed.first_on_any(first, self.device)
         return None if first == len(bad_steps) else first
 
     def reduce(self):
         """Sum the totals and image counts of all processes, once per epoch: the means are then global."""
-        if _world_size() == 1:
+        if distributed.world_size() == 1:
             return
         sums = torch.as_tensor(self.totals, dtype=torch.float64).flatten()  # (parts,)
-        t = torch.cat([sums, sums.new_tensor([self.n])]).to(_comm_device(self.device))  # (parts + 1,)
-        dist.all_reduce(t)
-        t = t.cpu()
+        t = distributed.summed(torch.cat([sums, sums.new_tensor([self.n])]), self.device)  # (parts + 1,)
         self.totals, self.n = t[:-1], int(t[-1])
 
     def means(self):
@@ -345,53 +260,6 @@ def evaluate_loss(model: nn.Module, loss_fn, batches, device) -> dict:
     means = batch_means(rows)
     model.train(was_training)
     return means
-
-
-class _SavedRun:
-    """A run's checkpoint as one object: what ``fit`` needs to go on (model, optimizer, history, epoch, the
-    state of an epoch stopped mid-way, random state), saved by rank 0 and read by every process."""
-
-    def __init__(self, path, meta, model, optimizer, num_epochs, steps_per_epoch, ema=None):
-        self.path, self.meta, self.model, self.optimizer, self.ema = path, meta, model, optimizer, ema
-        self.num_epochs, self.steps_per_epoch = num_epochs, steps_per_epoch
-
-    def load(self) -> tuple[list, int, dict | None]:
-        """(history, epochs done, the next epoch's partial state or None); nothing saved yet: ([], 0, None)."""
-        if self.path is None or not Path(self.path).exists():
-            return [], 0, None
-        state = read_checkpoint(self.path)
-        if self.meta is not None:
-            refuse_another_run(state, self.meta, self.path)
-        if (self.ema is None) != ("ema" not in state):
-            raise ValueError(
-                f"{self.path} was saved {'without' if self.ema is not None else 'with'} an average of the weights "
-                f"(ema), and this run {'keeps' if self.ema is not None else 'keeps no'} one: choose another "
-                "checkpoint path, or delete it to start over"
-            )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
-        return state["history"], state["epoch"], state.get("partial")
-
-    def save(self, history: list, epoch: int, partial: dict | None = None) -> None:
-        """The checkpoint after ``epoch`` whole epochs (and, stopped mid-epoch, the next one's ``partial`` state)."""
-        if self.path is None or _rank() != 0:
-            return
-        save_checkpoint(
-            self.path,
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            history=history,
-            epoch=epoch,
-            partial=partial,
-            rng=_rng_state(),
-            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
-            meta=self.meta or {},
-            num_epochs=self.num_epochs,  # the epochs asked for, and the steps in each: how far a run got
-            steps_per_epoch=self.steps_per_epoch,
-        )
 
 
 class _Updater:
@@ -445,20 +313,7 @@ class _StopRule:
     def out_of_time(self) -> bool:
         if self.max_minutes is None:
             return False
-        return _rank0_decides(time.monotonic() - self.started > 60 * self.max_minutes, self.device)
-
-
-def _runnable(model: nn.Module, device: torch.device, speed: SpeedConfig):
-    """The model as ``loss_fn`` calls it: under DDP, a module whose call is DDP's forward (which averages
-    the gradients over the processes in backward); compiled with ``speed.compile``."""
-    run = model
-    if _world_size() > 1:  # broadcasts rank 0's parameters
-        run = DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" and device.index is not None else None
-        )
-    # A compiled module shares its parameters with ``model`` and passes attributes through.
-    run = torch.compile(run) if speed.compile else run
-    return _DistributedForward(run, model) if _world_size() > 1 else run
+        return distributed.rank0_decides(time.monotonic() - self.started > 60 * self.max_minutes, self.device)
 
 
 def train_step(run, loss_fn, x, y, optimizer, update, bf16: bool = False) -> tuple[dict, int]:
@@ -479,44 +334,60 @@ def _start_epoch(epoch: int, done: int, train_batches, loss_fn, seed: int) -> No
     if hasattr(loss_fn, "set_epoch"):  # a loss with a KL schedule, which moves with every step
         loss_fn.set_epoch(epoch, done) if done else loss_fn.set_epoch(epoch)
     # each process its own eps, fixed by (seed, epoch, rank, and the step a resumed run starts at)
-    if _world_size() > 1:
-        torch.manual_seed(_rank_seed(seed, epoch, _rank()) + done)
+    if distributed.world_size() > 1:
+        torch.manual_seed(distributed.rank_seed(seed, epoch, distributed.rank()) + done)
 
 
-def _train_epoch(run, model, loss_fn, batches, totals, optimizer, update, speed, device, bar, stop) -> bool:
-    """Train one epoch from step ``totals.steps`` on; its loss parts go to ``totals``. True if it stopped
-    before its end (Ctrl-C, or ``max_minutes`` within ``speed.sync_every`` steps), False at its end."""
-    model.train()
-    for x, y in itertools.islice(batches, totals.steps, None):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if speed.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        parts, skipped = train_step(run, loss_fn, x, y, optimizer, update, speed.bf16)
-        totals.add(parts, model, len(x), skipped)
-        bar.update()
-        if stop.interrupt.is_set() and totals.steps + len(totals.pending) < len(batches):
-            totals.flush()
-            return True
-        if len(totals.pending) == speed.sync_every:
-            totals.flush()
-            bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
-            if stop.out_of_time() and totals.steps < len(batches):
+@dataclass
+class _Run:
+    """One ``fit`` call's state in one place: the model, the model as ``loss_fn`` calls it (``run``: under DDP,
+    compiled), what trains it, where, its progress bar and when it stops."""
+
+    model: nn.Module
+    run: nn.Module
+    loss_fn: object
+    batches: object
+    optimizer: torch.optim.Optimizer
+    update: _Updater
+    speed: SpeedConfig
+    device: torch.device
+    bar: tqdm
+    stop: _StopRule
+
+    def train_epoch(self, totals: _EpochTotals) -> bool:
+        """Train one epoch from step ``totals.steps`` on; its loss parts go to ``totals``. True if it stopped
+        before its end (Ctrl-C, or ``max_minutes`` within ``speed.sync_every`` steps), False at its end."""
+        self.model.train()
+        for x, y in itertools.islice(self.batches, totals.steps, None):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.speed.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            parts, skipped = train_step(self.run, self.loss_fn, x, y, self.optimizer, self.update, self.speed.bf16)
+            totals.add(parts, self.model, len(x), skipped)
+            self.bar.update()
+            if self.stop.interrupt.is_set() and totals.steps + len(totals.pending) < len(self.batches):
+                totals.flush()
                 return True
-    totals.flush()
-    return False
+            if len(totals.pending) == self.speed.sync_every:
+                totals.flush()
+                self.bar.set_postfix({k: f"{v:.2f}" for k, v in totals.means().items()})
+                if self.stop.out_of_time() and totals.steps < len(self.batches):
+                    return True
+        totals.flush()
+        return False
 
-
-def _epoch_record(epoch, totals, model, loss_fn, test_batches, config, speed, device) -> dict:
-    """The history entry of a finished epoch: train means over every process, skipped updates, test means
-    (of ``model``: the average of the weights when ``fit`` keeps one)."""
-    totals.reduce()
-    record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
-    if config.skip_grad_norm is not None:
-        record["skipped_updates"] = totals.skipped
-    if test_batches is not None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
-            record.update({f"test_{k}": v for k, v in evaluate_loss(model, loss_fn, test_batches, device).items()})
-    return record
+    def record(self, epoch: int, totals: _EpochTotals, tested: nn.Module, test_batches) -> dict:
+        """The history entry of a finished epoch: train means over every process, skipped updates, test means
+        (of ``tested``: the average of the weights when ``fit`` keeps one)."""
+        totals.reduce()
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
+        if self.update.config.skip_grad_norm is not None:
+            record["skipped_updates"] = totals.skipped
+        if test_batches is not None:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.speed.bf16):
+                tests = evaluate_loss(tested, self.loss_fn, test_batches, self.device)
+            record.update({f"test_{k}": v for k, v in tests.items()})
+        return record
 
 
 def _check_fit(num_epochs, max_minutes, train_batches) -> None:
@@ -525,11 +396,11 @@ def _check_fit(num_epochs, max_minutes, train_batches) -> None:
     _check_positive("max_minutes", max_minutes)
     if len(train_batches) == 0:
         raise ValueError("the training set gives no batches: it is empty, or smaller than one batch with drop_last")
-    world = _world_size()
+    world = distributed.world_size()
     if world > 1 and getattr(train_batches, "world_size", world) != world:
         raise ValueError(
             f"train_batches are shared among {train_batches.world_size} processes, but {world} are training: "
-            f"build them with data.Batches(..., rank={_rank()}, world_size={world})"
+            f"build them with data.Batches(..., rank={distributed.rank()}, world_size={world})"
         )
 
 
@@ -555,8 +426,8 @@ def fit(
     Each history entry holds the epoch and the mean of every scalar loss part on train
     (``train_<part>``) and, with ``test_batches``, on test (``test_<part>``), and the number of
     updates skipped for a huge gradient (``skipped_updates``, with ``config.skip_grad_norm``).
-    With ``checkpoint`` (a path), the model, optimizer, history and random state are saved
-    after every epoch, with ``meta`` (e.g. how to rebuild the model); if that file already
+    With ``checkpoint`` (a path, or a ``checkpoint.SavedRun`` already read), the model, optimizer, history and
+    random state are saved after every epoch, with ``meta`` (e.g. how to rebuild the model); if that file already
     exists, training resumes from it and ends exactly where an uninterrupted run would.
     ``max_minutes`` stops cleanly within ``speed.sync_every`` steps of that much training time, mid-epoch
     if need be, and saves the checkpoint there (with the epoch's step and totals so far); a later call
@@ -576,55 +447,64 @@ def fit(
     from it. ``max_minutes`` and a divergence stop all processes after the same epoch, or at the same step.
     """
     _check_fit(num_epochs, max_minutes, train_batches)
-    progress = progress and _rank() == 0  # the other processes are quiet
-    if checkpoint is not None and _rank() == 0:  # only rank 0 writes it
-        check_writable(checkpoint)
+    progress = progress and distributed.rank() == 0  # the other processes are quiet
+    saved = checkpoint if isinstance(checkpoint, SavedRun) else SavedRun(checkpoint, meta)  # read once, here
+    if saved.path is not None and distributed.rank() == 0:  # only rank 0 writes it
+        check_writable(saved.path)
     device = torch.device(device) if device is not None else default_device()
     for m in (model, ema) if ema is not None else (model,):
         m.to(device, memory_format=torch.channels_last if speed.channels_last else torch.preserve_format)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
     seed_everything(config.seed)
     steps = len(train_batches)
-    saved = _SavedRun(checkpoint, meta, model, optimizer, num_epochs, steps, ema)
-    history, start, partial = saved.load()
-    steps_done = start * steps + (partial["steps"] if partial is not None else 0)
-    update = _Updater(model, optimizer, config, num_epochs * steps, steps_done, ema)
-    run = _runnable(model, device, speed)
+    history, start, partial = saved.resume(model, optimizer, ema, num_epochs, steps)
+    done = start * steps + (partial["steps"] if partial is not None else 0)
+    update = _Updater(model, optimizer, config, num_epochs * steps, done, ema)
+    run = distributed.runnable(model, device, speed.compile)
     # One bar for the whole training, kept when done: a notebook page shows how the run went, and a
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
-    bar = tqdm(total=num_epochs * steps, initial=steps_done, disable=not progress, unit="step")
+    bar = tqdm(total=num_epochs * steps, initial=done, disable=not progress, unit="step")
+    tested = model if ema is None else ema.module
     with _first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
-        stop = _StopRule(interrupt, max_minutes, device)
+        state = _Run(
+            model,
+            run,
+            loss_fn,
+            train_batches,
+            optimizer,
+            update,
+            speed,
+            device,
+            bar,
+            _StopRule(interrupt, max_minutes, device),
+        )
         for epoch in range(start, num_epochs):
-            totals = _EpochTotals(epoch, checkpoint, device)
+            totals = _EpochTotals(epoch, saved.path, device)
             if partial is not None and epoch == start:  # a run stopped mid-epoch goes on at its next step
-                totals.restore(partial, _rank())
+                totals.restore(partial, distributed.rank())
             _start_epoch(epoch, totals.steps, train_batches, loss_fn, config.seed)
             bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            if _train_epoch(run, model, loss_fn, train_batches, totals, optimizer, update, speed, device, bar, stop):
+            if state.train_epoch(totals):
                 saved.save(history, epoch, totals.state())  # the same call again goes on from this step
                 if interrupt.is_set():
-                    raise TrainingInterrupted(epoch + 1, totals.steps, steps, checkpoint)
-                _say_stopped(
-                    progress, max_minutes, f"at step {totals.steps} of epoch {epoch + 1}", num_epochs, checkpoint
-                )
+                    raise TrainingInterrupted(epoch + 1, totals.steps, steps, saved.path)
+                _say_stopped(progress, max_minutes, f"at step {totals.steps} of epoch {epoch + 1}", num_epochs, saved)
                 break
-            tested = model if ema is None else ema.module
-            history.append(_epoch_record(epoch, totals, tested, loss_fn, test_batches, config, speed, device))
+            history.append(state.record(epoch, totals, tested, test_batches))
             if progress:
                 tqdm.write(
                     "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in history[-1].items())
                 )
             saved.save(history, epoch + 1)
             if interrupt.is_set():
-                raise TrainingInterrupted(epoch + 1, steps, steps, checkpoint)
-            if epoch + 1 < num_epochs and stop.out_of_time():
-                _say_stopped(progress, max_minutes, f"at the end of epoch {epoch + 1}", num_epochs, checkpoint)
+                raise TrainingInterrupted(epoch + 1, steps, steps, saved.path)
+            if epoch + 1 < num_epochs and state.stop.out_of_time():
+                _say_stopped(progress, max_minutes, f"at the end of epoch {epoch + 1}", num_epochs, saved)
                 break
     return history
 
 
-def _say_stopped(progress, max_minutes, where, num_epochs, checkpoint) -> None:
+def _say_stopped(progress, max_minutes, where, num_epochs, saved: SavedRun) -> None:
     if progress:
-        again = f"; run again with the same checkpoint to go on ({checkpoint})" if checkpoint else ""
+        again = f"; run again with the same checkpoint to go on ({saved.path})" if saved.path else ""
         tqdm.write(f"stopped after {max_minutes:g} minutes, {where} of {num_epochs}{again}")

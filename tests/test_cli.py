@@ -233,6 +233,26 @@ def test_an_unwritable_out_is_found_before_the_first_epoch(data_root, tmp_path):
     assert "--out" in str(exit.value.code) and "cannot be written" in str(exit.value.code)
 
 
+def test_one_train_call_reads_its_checkpoint_once(data_root, tmp_path, monkeypatch):
+    """--out is read once per train call: to refuse another run, to resume, to report and to store the fitted prior."""
+    ckpt = tmp_path / "m.pt"
+    reads, load = [], torch.load
+
+    def counted(f, *args, **kwargs):
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    args = ["train", "--dataset", "mnist", "--subset", "5", "--latent-dim", "2", "--out", str(ckpt)]
+    args += ["--device", "cpu", "--no-progress", "--data-root", data_root]
+    main(args + ["--epochs", "1"])  # a new run: nothing to read
+    assert reads.count(str(ckpt)) == 0
+    main(args + ["--epochs", "2"])  # resumes, trains one more epoch, stores the fitted prior
+    assert reads.count(str(ckpt)) == 1
+    model = load_checkpoint(ckpt)  # what it wrote: two epochs and the prior fitted at the end
+    assert model.meta["epoch"] == 2 and model.meta["fitted_prior"] is not None
+
+
 def test_max_minutes_stops_cleanly_and_a_later_run_resumes(data_root, tmp_path, capsys, monkeypatch):
     import cvaelib.train
 

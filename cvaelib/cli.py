@@ -27,10 +27,10 @@ from .losses import LIKELIHOODS, bits_per_dim
 from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
 from .recipes import DEFAULTS, HIERARCHICAL, Recipe, default_recipe
 from .remedies import SCHEDULES, RemedyConfig, RemedyLoss, group_kls
+from .stopping import TrainingInterrupted
 from .train import (
     SpeedConfig,
     TrainConfig,
-    TrainingInterrupted,
     default_device,
     ema_of,
     evaluate_loss,

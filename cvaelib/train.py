@@ -13,10 +13,7 @@ saved run that a later call resumes from.
 import itertools
 import math
 import random
-import signal
-import threading
-import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import SavedRun, check_writable
 from .data import batch_means
+from .stopping import EpochTotals, StopRule, TrainingInterrupted, first_ctrl_c_stops_after_the_step
 
 
 @dataclass(frozen=True)
@@ -134,118 +132,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped ``fit`` cleanly after a whole step; ``checkpoint`` (if any) holds that step."""
-
-    def __init__(self, epoch: int, step: int, steps_per_epoch: int, checkpoint=None):
-        self.epoch, self.step, self.steps_per_epoch, self.checkpoint = epoch, step, steps_per_epoch, checkpoint
-        where = f"interrupted at epoch {epoch}, step {step} of {steps_per_epoch}"
-        kept = f"; checkpoint kept: {checkpoint}, the same call resumes from it" if checkpoint else ""
-        super().__init__(where + kept)
-
-
-@contextmanager
-def _first_ctrl_c_stops_after_the_step():
-    """While ``fit`` trains, a first Ctrl-C (SIGINT) only sets the flag it yields: ``fit`` then ends the
-    step it is in, saves its checkpoint and raises ``TrainingInterrupted``. A second Ctrl-C interrupts at once.
-
-    Without this, Ctrl-C lands anywhere, also inside an optimizer update. Signals reach only the main
-    thread, and under torchrun every process gets its own: there, Ctrl-C interrupts as usual.
-    """
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or distributed.world_size() > 1:
-        yield stop
-        return
-
-    def handler(signum, frame):
-        if stop.is_set():
-            signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
-        stop.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-
-
 def _scalars(parts):
     return {k: v for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
-
-
-def _all_finite(model):
-    """One device flag: are all parameters finite? No host sync."""
-    return torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
-
-
-class _EpochTotals:
-    """An epoch's loss parts, kept on the device and copied to the host every few steps (a GPU waits at each copy).
-
-    Each copy is checked: the first step whose loss parts, or whose parameters after the update, are not
-    finite stops training with an error that names it, before anything is saved. Under DDP the processes
-    agree on that step (an all_reduce at each copy), so that all of them stop together.
-    """
-
-    def __init__(self, epoch, checkpoint, device=None):
-        self.epoch, self.checkpoint, self.device = epoch, checkpoint, device
-        self.names, self.pending, self.totals, self.n, self.steps, self.skipped = None, [], 0.0, 0, 0, 0
-
-    def add(self, parts, model, size, skipped=0):
-        self.names = self.names or list(parts)
-        self.skipped += skipped
-        flags = [parts[k].detach().float() for k in self.names] + [_all_finite(model).float()]
-        self.pending.append((torch.stack(flags), size))  # (parts + 1,): no host sync here
-        self.n += size
-
-    def flush(self):
-        """Copy the pending steps to the host, check them and add them to the totals."""
-        if not self.pending:
-            return
-        rows = torch.stack([flags for flags, _ in self.pending]).cpu()  # (steps, parts + finite flag)
-        bad_steps = (~torch.isfinite(rows[:, :-1])).any(dim=1) | (rows[:, -1] == 0)  # (steps,)
-        i = self._first_bad(bad_steps)
-        if i is not None:
-            bad = {k: float(v) for k, v in zip(self.names, rows[i]) if not math.isfinite(v)}
-            here = "the parameters are no longer finite" if rows[i, -1] == 0 else "on another process"
-            what = ", ".join(f"{k}={v}" for k, v in bad.items()) or here
-            path = self.checkpoint
-            kept = f" The last good checkpoint, {path}, is kept." if path and Path(path).exists() else ""
-            raise FloatingPointError(
-                f"training diverged: non-finite loss at epoch {self.epoch + 1}, step {self.steps + i + 1}: {what}."
-                f"{kept} Try a lower learning rate (lr) or gradient clipping (clip_grad)."
-            )
-        sizes = torch.tensor([size for _, size in self.pending], dtype=rows.dtype)
-        self.totals = self.totals + (rows[:, :-1] * sizes[:, None]).sum(0)
-        self.steps, self.pending = self.steps + len(rows), []
-
-    def _first_bad(self, bad_steps):
-        """The first flagged step of these pending ones on any process, or None."""
-        first = int(bad_steps.nonzero()[0]) if bad_steps.any() else len(bad_steps)
-        # every process flushes the same number of steps at the same time
-        first = distributed.first_on_any(first, self.device)
-        return None if first == len(bad_steps) else first
-
-    def reduce(self):
-        """Sum the totals and image counts of all processes, once per epoch: the means are then global."""
-        if distributed.world_size() == 1:
-            return
-        sums = torch.as_tensor(self.totals, dtype=torch.float64).flatten()  # (parts,)
-        t = distributed.summed(torch.cat([sums, sums.new_tensor([self.n])]), self.device)  # (parts + 1,)
-        self.totals, self.n = t[:-1], int(t[-1])
-
-    def means(self):
-        return {k: float(v) / self.n for k, v in zip(self.names, self.totals)}
-
-    def state(self) -> dict:
-        """The flushed totals so far, as tensors and plain values (a checkpoint of a run stopped mid-epoch)."""
-        totals = torch.as_tensor(self.totals)
-        return {"names": self.names, "totals": totals, "n": self.n, "steps": self.steps, "skipped": self.skipped}
-
-    def restore(self, state: dict, rank: int) -> None:
-        self.names, self.steps, self.skipped = state["names"], state["steps"], state["skipped"]
-        self.totals, self.n = state["totals"], state["n"]
-        if rank:  # the saved sums are rank 0's alone: the other processes' shares of them are not in the file
-            self.totals, self.n = torch.zeros_like(self.totals), 0
 
 
 @torch.no_grad()
@@ -302,20 +190,6 @@ class _Updater:
         return skipped
 
 
-class _StopRule:
-    """When ``fit`` stops before ``num_epochs``: a first Ctrl-C (``interrupt``, after the step in progress), or
-    ``max_minutes`` of training, decided by rank 0 so that every process stops at the same step."""
-
-    def __init__(self, interrupt: threading.Event, max_minutes: float | None, device):
-        self.interrupt, self.max_minutes, self.device = interrupt, max_minutes, device
-        self.started = time.monotonic()
-
-    def out_of_time(self) -> bool:
-        if self.max_minutes is None:
-            return False
-        return distributed.rank0_decides(time.monotonic() - self.started > 60 * self.max_minutes, self.device)
-
-
 def train_step(run, loss_fn, x, y, optimizer, update, bf16: bool = False) -> tuple[dict, int]:
     """One training step of ``fit``, the usual PyTorch step (chapter 1): the loss and its parts, clear the old
     gradients, backpropagate, update the weights. Returns the scalar loss parts, and 1 if ``update``
@@ -352,9 +226,9 @@ class _Run:
     speed: SpeedConfig
     device: torch.device
     bar: tqdm
-    stop: _StopRule
+    stop: StopRule
 
-    def train_epoch(self, totals: _EpochTotals) -> bool:
+    def train_epoch(self, totals: EpochTotals) -> bool:
         """Train one epoch from step ``totals.steps`` on; its loss parts go to ``totals``. True if it stopped
         before its end (Ctrl-C, or ``max_minutes`` within ``speed.sync_every`` steps), False at its end."""
         self.model.train()
@@ -376,7 +250,7 @@ class _Run:
         totals.flush()
         return False
 
-    def record(self, epoch: int, totals: _EpochTotals, tested: nn.Module, test_batches) -> dict:
+    def record(self, epoch: int, totals: EpochTotals, tested: nn.Module, test_batches) -> dict:
         """The history entry of a finished epoch: train means over every process, skipped updates, test means
         (of ``tested``: the average of the weights when ``fit`` keeps one)."""
         totals.reduce()
@@ -465,7 +339,7 @@ def fit(
     # saved page shows a finished bar instead of the empty space a closed per-epoch bar leaves.
     bar = tqdm(total=num_epochs * steps, initial=done, disable=not progress, unit="step")
     tested = model if ema is None else ema.module
-    with _first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
+    with first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
         state = _Run(
             model,
             run,
@@ -476,10 +350,10 @@ def fit(
             speed,
             device,
             bar,
-            _StopRule(interrupt, max_minutes, device),
+            StopRule(interrupt, max_minutes, device),
         )
         for epoch in range(start, num_epochs):
-            totals = _EpochTotals(epoch, saved.path, device)
+            totals = EpochTotals(epoch, saved.path, device)
             if partial is not None and epoch == start:  # a run stopped mid-epoch goes on at its next step
                 totals.restore(partial, distributed.rank())
             _start_epoch(epoch, totals.steps, train_batches, loss_fn, config.seed)

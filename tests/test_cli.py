@@ -254,10 +254,10 @@ def test_one_train_call_reads_its_checkpoint_once(data_root, tmp_path, monkeypat
 
 
 def test_max_minutes_stops_cleanly_and_a_later_run_resumes(data_root, tmp_path, capsys, monkeypatch):
-    import cvaelib.train
+    import cvaelib.stopping
 
     clock = iter(range(0, 10_000, 50))  # every call to the clock: 50 more seconds
-    monkeypatch.setattr(cvaelib.train.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cvaelib.stopping.time, "monotonic", lambda: next(clock))
     ckpt = tmp_path / "m.pt"
     args = [
         "train",

@@ -7,7 +7,8 @@ import torch
 
 from cvaelib import CVAE, data, load_checkpoint
 from cvaelib.losses import elbo
-from cvaelib.train import SpeedConfig, TrainConfig, TrainingInterrupted, ema_of, fit, lr_factor
+from cvaelib.stopping import TrainingInterrupted
+from cvaelib.train import SpeedConfig, TrainConfig, ema_of, fit, lr_factor
 
 META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
 
@@ -138,7 +139,7 @@ def test_ctrl_c_ends_the_step_saves_it_and_the_resumed_run_ends_as_an_uninterrup
 def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupted_one(
     mnist_subset, tmp_path, monkeypatch
 ):
-    import cvaelib.train
+    import cvaelib.stopping
     from cvaelib.remedies import RemedyConfig, RemedyLoss
 
     x, y, _, _ = mnist_subset
@@ -157,7 +158,7 @@ def test_max_minutes_stops_mid_epoch_and_the_resumed_run_ends_as_an_uninterrupte
     )
 
     clock = iter(range(0, 10_000))  # every call to the clock: one more second
-    monkeypatch.setattr(cvaelib.train.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(cvaelib.stopping.time, "monotonic", lambda: next(clock))
     path = tmp_path / "run.pt"
     torch.manual_seed(0)
     stopped = CVAE(**META["model"])

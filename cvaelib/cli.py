@@ -24,7 +24,7 @@ from .evaluate import expected_seconds, report
 from .fitted_prior import fit_prior, loaded_fitted_prior, sample_with, store_fitted_prior
 from .hierarchical import SIZES, HierarchicalConfig
 from .losses import LIKELIHOODS, bits_per_dim
-from .models import ARCHITECTURES, CONDITIONINGS, PRIORS, ModelConfig, build_model
+from .models import CONDITIONINGS, MODELS, PRIORS, ModelConfig, build_model
 from .recipes import DEFAULTS, HIERARCHICAL, Recipe, default_recipe
 from .remedies import SCHEDULES, RemedyConfig, RemedyLoss, group_kls
 from .stopping import TrainingInterrupted
@@ -87,7 +87,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     """``train``'s options: the run's own, then one for each field of the configurations (``_config_options``)."""
     t.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
     t.add_argument("--model", default="cvae", choices=["vae", "cvae"], help="a VAE has no label and prior N(0, I)")
-    t.add_argument("--arch", choices=[*sorted(ARCHITECTURES), "hierarchical"], help="default: per dataset")
+    t.add_argument("--arch", choices=sorted(MODELS), help="default: per dataset")
     t.add_argument("--out", required=True, type=Path, help="checkpoint path, written after every epoch")
     t.add_argument(
         "--max-minutes",
@@ -242,58 +242,27 @@ def _recipe(args) -> Recipe:
     """``train``'s recipe: the dataset's default (``recipes.default_recipe``) with each typed option in place of its
     field. A ValueError (a value or combination the configurations refuse) starts with the field's name."""
     given = {k: v for k, v in vars(args).items() if _flag(k) is not None}  # only the typed ones (SUPPRESS)
-    base = default_recipe(args.dataset, args.arch, conditional=args.model == "cvae")
-    hierarchical = isinstance(base.model, HierarchicalConfig)
-    other = set(_config_options()[ModelConfig if hierarchical else HierarchicalConfig])
-    misplaced = sorted(other & set(given) - {f.name for f in fields(base.model)})
-    if misplaced:
-        reason = "is not an option of --arch hierarchical (its latent groups are its own)"
-        raise ValueError(f"{misplaced[0]} {reason if hierarchical else 'needs --arch hierarchical'}")
-
-    def pick(config, **parts):
-        return replace(config, **{**parts, **{f.name: given[f.name] for f in fields(config) if f.name in given}})
-
-    model = pick(base.model.resized(given.get("size", base.model.size)) if hierarchical else base.model)
-    return pick(base, model=model, remedies=pick(base.remedies), train=pick(base.train))
+    return default_recipe(args.dataset, args.arch, conditional=args.model == "cvae").with_overrides(given)
 
 
 def command(dataset: str, recipe: Recipe, out: str | Path) -> str:
     """The ``train`` command that trains ``recipe`` on ``dataset`` into ``out``: each field that differs from the
     dataset's default recipe, as its option (chapter 4 prints the commands of its full-profile runs with it)."""
-    hierarchical = isinstance(recipe.model, HierarchicalConfig)
-    arch = "hierarchical" if hierarchical else recipe.model.arch
-    base = default_recipe(dataset, arch, conditional=recipe.model.num_classes > 0)
+    arch, conditional = recipe.model.arch, recipe.model.num_classes > 0
     words = ["python -m cvaelib train --dataset", dataset, "--out", str(out), "--arch", arch]
-    if not recipe.model.num_classes:
-        words.append("--model vae")
-    if hierarchical and recipe.model.size != base.model.size:  # the preset's fields then compare with its own
-        words.append(f"--size {recipe.model.size}")
-        base = replace(base, model=base.model.resized(recipe.model.size))
-    for config, default in ((recipe.model, base.model), (recipe.remedies, base.remedies), (recipe.train, base.train)):
-        words += _changed(config, default)
-    return " ".join(words + _changed(recipe, base))
-
-
-def _changed(config, default) -> list[str]:
-    """The options that make ``default`` into ``config``, a configuration of the same kind."""
-    words = []
-    for f in fields(config):
-        value, flag = getattr(config, f.name), _flag(f.name)
-        if flag is None or value == getattr(default, f.name):
+    words += [] if conditional else ["--model vae"]
+    for name, value in recipe.overrides(default_recipe(dataset, arch, conditional)).items():
+        flag = _flag(name)
+        if flag is None:  # what the dataset and --model decide
             continue
         if isinstance(value, bool):
             words.append(flag if value else f"--no-{flag[2:]}")
         elif value is None:
             words.append(f"--no-{flag[2:]}")
         else:
-            words += [
-                flag,
-                *(
-                    f"{v:g}" if isinstance(v, float) else str(v)
-                    for v in (value if isinstance(value, tuple) else [value])
-                ),
-            ]
-    return words
+            values = value if isinstance(value, tuple) else [value]
+            words += [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+    return " ".join(words)
 
 
 def _option_error(parser: argparse.ArgumentParser, error: ValueError) -> None:

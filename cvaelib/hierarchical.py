@@ -194,6 +194,15 @@ class HierarchicalConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
+    def check_remedies(self, remedies) -> None:
+        """Refuse remedies (a ``RemedyConfig``) this model cannot take, with a ValueError that starts with the field."""
+        if remedies.group_sizes is not None:
+            raise ValueError("group_sizes is not an option of a hierarchical model: its latent groups are its own")
+
+    def unconditional(self) -> "HierarchicalConfig":
+        """The same hierarchy without the label (its priors are then learned from the groups above alone)."""
+        return replace(self, num_classes=0)
+
     def resized(self, size: str) -> "HierarchicalConfig":
         """The same model at another ``size``, with every field of the presets taken from that size's."""
         return replace(self, size=size, **dict.fromkeys(SIZES[self.size]))  # unset: filled from the new size

@@ -9,7 +9,7 @@ A ``"learned"`` prior replaces N(0, I) by a label-dependent p(z|y) = N(mu_y, sig
 """
 
 import math
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,22 @@ class ModelConfig:
             if not (math.isfinite(self.sigma) and self.sigma > 0):
                 raise ValueError(f"sigma must be positive, got {self.sigma!r}")
 
+    def check_remedies(self, remedies) -> None:
+        """Refuse remedies (a ``RemedyConfig``) this model cannot take, with a ValueError that starts with the field."""
+        sizes = remedies.group_sizes
+        if sizes is not None and sum(sizes) != self.latent_dim:
+            raise ValueError(
+                f"group_sizes {' '.join(map(str, sizes))} must add up to the latent size {self.latent_dim}"
+            )
+        if remedies.group_balance and sizes is None:
+            raise ValueError("group_balance needs group_sizes, or a hierarchical model")
+        if remedies.kl_balance is not None and self.prior != "learned":
+            raise ValueError("kl_balance needs the learned prior p(z|y): prior 'learned', in a CVAE")
+
+    def unconditional(self) -> "ModelConfig":
+        """The same model without the label: a VAE, with the standard prior N(0, I)."""
+        return replace(self, num_classes=0, prior="standard")
+
 
 class CVAE(nn.Module):
     """Conditional VAE q(z|x,y), p(x|z,y); with ``num_classes=0`` a plain VAE (chapters 1-4).
@@ -296,7 +312,12 @@ def VAE(**kwargs) -> CVAE:
 
 
 # Every kind of model the course builds from a configuration, by its ``arch``: the one place that maps one to the other.
+# The registry of architectures: each name, its model and its configuration. The rest of the course never asks
+# which kind a model is: every configuration states its ``arch``, checks its own remedies and knows its
+# unconditional form, and every model implements the interface (``interface.py``).
 MODELS = {"mlp": CVAE, "conv": CVAE, "hierarchical": HierarchicalCVAE}
+CONFIGS = {"mlp": ModelConfig, "conv": ModelConfig, "hierarchical": HierarchicalConfig}
+CONVOLUTIONAL = ("conv", "hierarchical")  # the architectures of convolutions (a channels-last layout pays)
 
 
 def build_model(config: ModelConfig | HierarchicalConfig | dict) -> nn.Module:

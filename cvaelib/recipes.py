@@ -6,11 +6,11 @@ sigma-VAE on a Gaussian decoder, ...), so that a bad combination is refused befo
 line makes its options from these fields (``cli``), and the benchmarks start from the same defaults.
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 
 from . import data
 from .hierarchical import HierarchicalConfig
-from .models import ModelConfig
+from .models import CONFIGS, ModelConfig
 from .remedies import RemedyConfig
 from .train import TrainConfig
 
@@ -35,27 +35,51 @@ class Recipe:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema must be a number in (0, 1), got {self.ema!r}")
-        model, remedies = self.model, self.remedies
-        hierarchical = isinstance(model, HierarchicalConfig)
-        sizes = remedies.group_sizes
-        if sizes is not None and hierarchical:
-            raise ValueError("group_sizes is not an option of a hierarchical model: its latent groups are its own")
-        if sizes is not None and sum(sizes) != model.latent_dim:
-            raise ValueError(
-                f"group_sizes {' '.join(map(str, sizes))} must add up to the latent size {model.latent_dim}"
-            )
-        if remedies.group_balance and sizes is None and not hierarchical:
-            raise ValueError("group_balance needs group_sizes, or a hierarchical model")
-        if remedies.optimal_sigma and model.likelihood != "gaussian":
-            raise ValueError(f"optimal_sigma needs the likelihood 'gaussian', not {model.likelihood!r}")
-        if remedies.kl_balance is not None and not hierarchical and model.prior != "learned":
-            raise ValueError("kl_balance needs the learned prior p(z|y): prior 'learned', in a CVAE")
+        self.model.check_remedies(self.remedies)  # each model its own combinations: free bits' groups, balancing
+        if self.remedies.optimal_sigma and self.model.likelihood != "gaussian":
+            raise ValueError(f"optimal_sigma needs the likelihood 'gaussian', not {self.model.likelihood!r}")
+
+    def with_overrides(self, overrides: dict) -> "Recipe":
+        """This recipe with each field in ``overrides`` (a field's name -> its value, in any of the recipe's
+        configurations) set; ``size`` picks that preset's fields first, and a field given explicitly overrides the
+        preset's. A field of another architecture's model is refused, naming it (a ValueError)."""
+        own = {f.name for f in fields(self.model)}
+        misplaced = sorted(set(overrides) - own & {f.name for c in CONFIGS.values() for f in fields(c)})
+        if misplaced:
+            name, mine = misplaced[0], self.model.arch
+            archs = " or ".join(sorted(a for a, c in CONFIGS.items() if name in {f.name for f in fields(c)}))
+            raise ValueError(f"{name} is not an option of --arch {mine}; it is one of --arch {archs}")
+
+        def pick(config, **parts):
+            given = {f.name: overrides[f.name] for f in fields(config) if f.name in overrides}
+            return replace(config, **{**parts, **given})
+
+        model = self.model.resized(overrides["size"]) if "size" in overrides else self.model
+        return pick(self, model=pick(model), remedies=pick(self.remedies), train=pick(self.train))
+
+    def overrides(self, base: "Recipe") -> dict:
+        """The fields (name -> value) that make ``base`` into this recipe: ``base.with_overrides`` of them is this
+        recipe (chapter 4 prints the commands of its runs from them). A changed ``size`` compares the other fields
+        with that size's preset."""
+        size = {k: v for k, v in _changed(self.model, base.model).items() if k == "size"}
+        if size:
+            base = replace(base, model=base.model.resized(size["size"]))
+        parts = ((self.model, base.model), (self.remedies, base.remedies), (self.train, base.train), (self, base))
+        return size | {k: v for config, default in parts for k, v in _changed(config, default).items()}
 
     def meta(self, dataset: str, subset: int | None = None) -> dict:
         """What ``train`` stores in a checkpoint of this recipe on ``dataset`` (``subset``: ``--subset``'s images per
         class): a run resumes only from a checkpoint that holds the same, and chapter 4 loads one only then."""
         train = {**asdict(self.train), "batch_size": self.batch_size, "subset": subset, "ema": self.ema}
         return {"dataset": dataset, "model": asdict(self.model), "remedies": asdict(self.remedies), "train": train}
+
+
+def _changed(config, default) -> dict:
+    """The fields of ``config`` (not the configurations it holds) whose values differ from ``default``'s."""
+    changed = {
+        f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(default, f.name)
+    }
+    return {k: v for k, v in changed.items() if not is_dataclass(v)}
 
 
 def _flat(latent_dim: int, arch: str, likelihood: str, lr: float, batch_size: int, num_epochs: int) -> Recipe:
@@ -84,6 +108,8 @@ HIERARCHICAL = Recipe(
     ema=0.999,
 )
 
+ARCH_DEFAULTS = {HIERARCHICAL.model.arch: HIERARCHICAL}  # architectures with a recipe of their own, on any dataset
+
 
 def default_recipe(dataset: str, arch: str | None = None, conditional: bool = True) -> Recipe:
     """What ``train --dataset D [--arch A] [--model vae]`` trains with no other option (the benchmarks start here).
@@ -92,10 +118,10 @@ def default_recipe(dataset: str, arch: str | None = None, conditional: bool = Tr
     """
     if dataset not in DEFAULTS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DEFAULTS)}")
-    recipe = HIERARCHICAL if arch == "hierarchical" else DEFAULTS[dataset]
+    recipe = ARCH_DEFAULTS.get(arch) or DEFAULTS[dataset]
     model = replace(recipe.model, image_shape=data.image_shape(dataset))
-    if arch not in (None, "hierarchical"):
+    if arch is not None and arch != model.arch:
         model = replace(model, arch=arch)
     if not conditional:
-        model = replace(model, num_classes=0, **({} if arch == "hierarchical" else {"prior": "standard"}))
+        model = model.unconditional()
     return replace(recipe, model=model)

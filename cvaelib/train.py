@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import SavedRun, check_writable
 from .data import batch_means
+from .models import CONVOLUTIONAL
 from .stopping import EpochTotals, StopRule, TrainingInterrupted, first_ctrl_c_stops_after_the_step
 
 
@@ -67,8 +68,8 @@ class SpeedConfig:
     def default(cls, arch: str, device: torch.device | str) -> "SpeedConfig":
         """The switches ``train`` uses when none is given, measured fastest (``benchmarks/training_speed.py``):
         bfloat16 where the device has native bfloat16, for every model; channels-last for convolutions
-        (``--arch hierarchical`` or ``conv``)."""
-        return cls(bf16=bf16_is_fast(device), channels_last=arch in ("hierarchical", "conv"))
+        (``models.CONVOLUTIONAL``)."""
+        return cls(bf16=bf16_is_fast(device), channels_last=arch in CONVOLUTIONAL)
 
 
 def ema_of(model: nn.Module, decay: float = 0.999) -> AveragedModel:

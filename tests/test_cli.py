@@ -166,7 +166,7 @@ def test_train_cifar_with_remedies_reports_bits_per_dim(data_root, tmp_path, cap
         (["--group-sizes", "0", "16"], "argument --group-sizes: must be positive integers"),
         (["--kl-balance", "0.8", "--prior", "standard"], "argument --kl-balance: needs the learned prior"),
         (["--model", "vae", "--prior", "learned"], "argument --prior: 'learned' is p\\(z\\|y\\): it needs labels"),
-        (["--size", "tiny"], "argument --size: needs --arch hierarchical"),
+        (["--size", "tiny"], "argument --size: is not an option of --arch mlp; it is one of --arch hierarchical"),
         (
             ["--arch", "hierarchical", "--latent-dim", "8"],
             "argument --latent-dim: is not an option of --arch hierarchical",

@@ -405,7 +405,7 @@ def test_command_line_refuses_options_of_the_other_architectures(data_root, tmp_
     for extra, message in [
         (["--arch", "hierarchical", "--latent-dim", "8"], "--latent-dim: is not an option of --arch hierarchical"),
         (["--arch", "hierarchical", "--group-sizes", "4", "4"], "--group-sizes: is not an option"),
-        (["--size", "tiny"], "--size: needs --arch hierarchical"),
+        (["--size", "tiny"], "--size: is not an option of --arch conv; it is one of --arch hierarchical"),
         (["--arch", "hierarchical", "--num-mixtures", "3", "--likelihood", "logistic"], "--num-mixtures: is the"),
         (["--group-balance"], "--group-balance: needs group_sizes"),
     ]:

@@ -1,16 +1,10 @@
 """The command line: ``python -m cvaelib train | sample | evaluate``."""
 
 import argparse
-import functools
-import inspect
 import json
 import math
-import re
 import sys
-import textwrap
 import time
-import types
-import typing
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -22,15 +16,14 @@ from .checkpoint import SavedRun, check_writable, load_checkpoint
 from .distributed import World, process_group
 from .evaluate import expected_seconds, report
 from .fitted_prior import fit_prior, loaded_fitted_prior, sample_with, store_fitted_prior
-from .hierarchical import SIZES, HierarchicalConfig
-from .losses import LIKELIHOODS, bits_per_dim
-from .models import CONDITIONINGS, MODELS, PRIORS, ModelConfig, build_model
-from .recipes import DEFAULTS, HIERARCHICAL, Recipe, default_recipe
-from .remedies import SCHEDULES, RemedyConfig, RemedyLoss, group_kls
+from .losses import bits_per_dim
+from .models import MODELS, build_model
+from .options import NATURAL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, add_config_options, option_error, recipe_of
+from .recipes import Recipe
+from .remedies import RemedyLoss, group_kls
 from .stopping import TrainingInterrupted
 from .train import (
     SpeedConfig,
-    TrainConfig,
     default_device,
     ema_of,
     evaluate_loss,
@@ -45,28 +38,6 @@ DEFAULT_K = {"mnist": 100, "fashion_mnist": 100, "cifar10": 20}
 # Images per forward pass of evaluate's importance samples on a CPU: each pass encodes the batch once, so larger
 # passes share the encoder among more samples (benchmarks/evaluate_speed.py); an accelerator takes 8192.
 EVALUATE_IMAGES_PER_PASS = 4000
-
-
-def _number(kind, test, what):
-    """An argparse type: ``kind`` parsed, then refused unless ``test`` holds (argparse names the option)."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if not (math.isfinite(value) and test(value)):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what  # shown by argparse in its messages
-    return parse
-
-
-POSITIVE_INT = _number(int, lambda v: v > 0, "a positive integer")
-NATURAL = _number(int, lambda v: v >= 0, "a non-negative integer")
-POSITIVE = _number(float, lambda v: v > 0, "a positive number")
-NON_NEGATIVE = _number(float, lambda v: v >= 0, "a non-negative number")
 
 
 def _parser():
@@ -84,7 +55,7 @@ def _parser():
 
 
 def _train_options(t: argparse.ArgumentParser) -> None:
-    """``train``'s options: the run's own, then one for each field of the configurations (``_config_options``)."""
+    """``train``'s options: the run's own, then one for each field of the configurations (``options``)."""
     t.add_argument("--dataset", required=True, choices=sorted(data.DATASETS))
     t.add_argument("--model", default="cvae", choices=["vae", "cvae"], help="a VAE has no label and prior N(0, I)")
     t.add_argument("--arch", choices=sorted(MODELS), help="default: per dataset")
@@ -98,84 +69,7 @@ def _train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--data-root", help=f"dataset folder (default: ${data.ENV_VAR}, else data/ in the repository)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    for config, options in _config_options().items():
-        about = (config.__doc__ or "").split("\n")[0]
-        group = t.add_argument_group(config.__name__, f"{about} Defaults: recipes.default_recipe.")
-        for name, option in options.items():
-            kwargs = dict(dest=name, default=argparse.SUPPRESS, help=option.help)  # SUPPRESS: only typed ones are set
-            if option.kind is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif typing.get_origin(option.kind) is tuple:
-                kwargs.update(type=typing.get_args(option.kind)[0], nargs="+")
-            else:
-                kwargs.update(type=option.kind, choices=CHOICES.get(name))
-            group.add_argument(option.flag, **kwargs)
-            if option.can_unset:
-                unset = f"--no-{option.flag[2:]}"
-                group.add_argument(
-                    unset, dest=name, action="store_const", const=None, default=argparse.SUPPRESS, help="turn it off"
-                )
-
-
-# ``train``'s options are the fields of these configurations, in this order; the comment beside a field is its help.
-# Not options: what the dataset and --model decide, and the recipe's parts.
-CONFIGS = (ModelConfig, HierarchicalConfig, RemedyConfig, TrainConfig, SpeedConfig, Recipe)
-NOT_OPTIONS = {"image_shape", "num_classes", "arch", "model", "remedies", "train"}
-FLAGS = {"num_epochs": "--epochs", "warmup_steps": "--lr-warmup-steps"}  # where a flag is not the field's name
-CHOICES = {
-    "likelihood": sorted(LIKELIHOODS),
-    "conditioning": CONDITIONINGS,
-    "prior": PRIORS,
-    "size": sorted(SIZES),
-    "schedule": SCHEDULES,
-}
-
-
-class Option(typing.NamedTuple):
-    """A field's option: its flag, its type (None taken out of ``X | None``), its help (the field's comment), and
-    whether ``--no-FLAG`` sets it to None (an optional field that a default recipe sets, as ``--no-ema``)."""
-
-    flag: str
-    kind: type
-    help: str | None
-    can_unset: bool
-
-
-@functools.cache
-def _config_options() -> dict[type, dict[str, Option]]:
-    """Each configuration's options by field name. A field that two configurations share (``likelihood``) is one
-    option, listed with the first."""
-    defaults = [HIERARCHICAL, *DEFAULTS.values()]
-    parts = [part for recipe in defaults for part in (recipe, recipe.model, recipe.remedies, recipe.train)]
-    options, seen = {}, set()
-    for config in CONFIGS:
-        hints, helps = typing.get_type_hints(config), _comments(config)
-        options[config] = {}
-        for f in fields(config):
-            if f.name in NOT_OPTIONS or f.name in seen:
-                continue
-            seen.add(f.name)
-            kind, optional = hints[f.name], False
-            if isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind):  # X | None -> X
-                kind, optional = next(a for a in typing.get_args(kind) if a is not type(None)), True
-            set_by_default = any(getattr(p, f.name, None) is not None for p in parts if isinstance(p, config))
-            flag = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
-            options[config][f.name] = Option(flag, kind, helps.get(f.name), optional and set_by_default)
-    return options
-
-
-def _comments(config: type) -> dict[str, str]:
-    """The comment beside each field in ``config``'s source, ``{}`` where the source cannot be read."""
-    try:
-        source = textwrap.dedent(inspect.getsource(config))  # a class defined in a function is indented
-    except OSError:
-        return {}
-    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", source, re.MULTILINE))
-
-
-def _flag(name: str) -> str | None:
-    """The option of the configuration field ``name``, or None."""
-    return next((o[name].flag for o in _config_options().values() if name in o), None)
+    add_config_options(t)
 
 
 def _sample_options(s: argparse.ArgumentParser) -> None:
@@ -238,39 +132,6 @@ def _evaluate_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--data-root")
 
 
-def _recipe(args) -> Recipe:
-    """``train``'s recipe: the dataset's default (``recipes.default_recipe``) with each typed option in place of its
-    field. A ValueError (a value or combination the configurations refuse) starts with the field's name."""
-    given = {k: v for k, v in vars(args).items() if _flag(k) is not None}  # only the typed ones (SUPPRESS)
-    return default_recipe(args.dataset, args.arch, conditional=args.model == "cvae").with_overrides(given)
-
-
-def command(dataset: str, recipe: Recipe, out: str | Path) -> str:
-    """The ``train`` command that trains ``recipe`` on ``dataset`` into ``out``: each field that differs from the
-    dataset's default recipe, as its option (chapter 4 prints the commands of its full-profile runs with it)."""
-    arch, conditional = recipe.model.arch, recipe.model.num_classes > 0
-    words = ["python -m cvaelib train --dataset", dataset, "--out", str(out), "--arch", arch]
-    words += [] if conditional else ["--model vae"]
-    for name, value in recipe.overrides(default_recipe(dataset, arch, conditional)).items():
-        flag = _flag(name)
-        if flag is None:  # what the dataset and --model decide
-            continue
-        if isinstance(value, bool):
-            words.append(flag if value else f"--no-{flag[2:]}")
-        elif value is None:
-            words.append(f"--no-{flag[2:]}")
-        else:
-            values = value if isinstance(value, tuple) else [value]
-            words += [flag, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
-    return " ".join(words)
-
-
-def _option_error(parser: argparse.ArgumentParser, error: ValueError) -> None:
-    """A configuration's ValueError as argparse's error of the option it names (exit status 2)."""
-    name, _, reason = str(error).partition(" ")
-    parser.error(f"argument {_flag(name)}: {reason}" if _flag(name) else str(error))
-
-
 def _speed(args, arch: str, device: torch.device) -> SpeedConfig:
     """The speed options as typed, the others from ``SpeedConfig.default`` for the model's ``arch``."""
     default = SpeedConfig.default(arch, device)
@@ -300,9 +161,9 @@ def _train_batches(args, recipe: Recipe, device: torch.device, world: World) -> 
 def train(args, parser):
     """``python -m cvaelib train``; under ``torchrun --nproc_per_node N``, one model on N processes (DDP)."""
     try:
-        recipe = _recipe(args)
+        recipe = recipe_of(args)
     except ValueError as e:
-        _option_error(parser, e)
+        option_error(parser, e)
     world, batch_size, epochs = World.from_environment(), recipe.batch_size, recipe.num_epochs
     if batch_size % world.size:
         parser.error(

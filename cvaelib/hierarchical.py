@@ -18,7 +18,7 @@ The output is the likelihood's parameters at 32x32, by default the mixture of di
 """
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -151,16 +151,24 @@ class HierarchicalConfig:
     values are kept, so ``HierarchicalCVAE(**asdict(config))`` rebuilds the same model.
     """
 
-    image_shape: tuple[int, int, int] = (3, 32, 32)  # CIFAR-10's; (1, 28, 28) is padded to 32x32 inside
-    num_classes: int = 10  # 0: unconditional
-    size: str = "small"  # "tiny" (tests), "small" (a CPU), "full" (a GPU)
-    likelihood: str = "logistic_mixture"  # p(x | z, y), any of losses.LIKELIHOODS
-    num_mixtures: int = 10  # components of the logistic mixture
-    widths: tuple[int, ...] | None = None  # channels at each latent resolution, lowest first, then at 32x32
-    latent_channels: int | None = None  # channels of every latent group
-    groups_per_resolution: tuple[int, ...] | None = None  # latent groups at each resolution, lowest first
-    blocks_per_resolution: int | None = None  # residual blocks per resolution in the encoder and decoder
-    arch: str = "hierarchical"  # what ``models.build_model`` rebuilds
+    image_shape: tuple[int, int, int] = field(
+        default=(3, 32, 32), metadata={"help": "CIFAR-10's; (1, 28, 28) is padded to 32x32 inside"}
+    )
+    num_classes: int = field(default=10, metadata={"help": "0: unconditional"})
+    size: str = field(default="small", metadata={"help": '"tiny" (tests), "small" (a CPU), "full" (a GPU)'})
+    likelihood: str = field(default="logistic_mixture", metadata={"help": "p(x | z, y), any of losses.LIKELIHOODS"})
+    num_mixtures: int = field(default=10, metadata={"help": "components of the logistic mixture"})
+    widths: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "channels at each latent resolution, lowest first, then at 32x32"}
+    )
+    latent_channels: int | None = field(default=None, metadata={"help": "channels of every latent group"})
+    groups_per_resolution: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "latent groups at each resolution, lowest first"}
+    )
+    blocks_per_resolution: int | None = field(
+        default=None, metadata={"help": "residual blocks per resolution in the encoder and decoder"}
+    )
+    arch: str = field(default="hierarchical", metadata={"help": "what ``models.build_model`` rebuilds"})
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", tuple(self.image_shape))

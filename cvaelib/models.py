@@ -9,7 +9,7 @@ A ``"learned"`` prior replaces N(0, I) by a label-dependent p(z|y) = N(mu_y, sig
 """
 
 import math
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -130,14 +130,16 @@ class ModelConfig:
     ``CVAE(**asdict(config))`` rebuilds the model; every value is checked here, before any work.
     """
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W): MNIST's (1, 28, 28) or CIFAR-10's (3, 32, 32)
-    num_classes: int = 10  # 0: a plain VAE, no label
-    latent_dim: int = 16  # size of z
-    arch: str = "mlp"  # "mlp" or "conv"
-    likelihood: str = "bernoulli"  # p(x|z,y): bernoulli, gaussian, sigma or logistic
-    conditioning: str = "concat"  # how the decoder gets y: "concat" or "add"
-    prior: str = "standard"  # "standard" N(0, I) or "learned" p(z|y)
-    sigma: float | None = None  # the (initial) sigma of a Gaussian likelihood
+    image_shape: tuple[int, int, int] = field(
+        default=(1, 28, 28), metadata={"help": "(C, H, W): MNIST's (1, 28, 28) or CIFAR-10's (3, 32, 32)"}
+    )
+    num_classes: int = field(default=10, metadata={"help": "0: a plain VAE, no label"})
+    latent_dim: int = field(default=16, metadata={"help": "size of z"})
+    arch: str = field(default="mlp", metadata={"help": '"mlp" or "conv"'})
+    likelihood: str = field(default="bernoulli", metadata={"help": "p(x|z,y): bernoulli, gaussian, sigma or logistic"})
+    conditioning: str = field(default="concat", metadata={"help": 'how the decoder gets y: "concat" or "add"'})
+    prior: str = field(default="standard", metadata={"help": '"standard" N(0, I) or "learned" p(z|y)'})
+    sigma: float | None = field(default=None, metadata={"help": "the (initial) sigma of a Gaussian likelihood"})
 
     def __post_init__(self):
         object.__setattr__(self, "image_shape", _check_shape(self.image_shape))

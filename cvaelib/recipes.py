@@ -6,7 +6,7 @@ sigma-VAE on a Gaussian decoder, ...), so that a bad combination is refused befo
 line makes its options from these fields (``cli``), and the benchmarks start from the same defaults.
 """
 
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 from . import data
 from .hierarchical import HierarchicalConfig
@@ -25,9 +25,11 @@ class Recipe:
     model: ModelConfig | HierarchicalConfig
     remedies: RemedyConfig = RemedyConfig()
     train: TrainConfig = TrainConfig()
-    batch_size: int = 128  # images in each training step
-    num_epochs: int = 10  # passes over the training images
-    ema: float | None = None  # test and sample with an average of the weights of this decay (VDVAE)
+    batch_size: int = field(default=128, metadata={"help": "images in each training step"})
+    num_epochs: int = field(default=10, metadata={"help": "passes over the training images"})
+    ema: float | None = field(
+        default=None, metadata={"help": "test and sample with an average of the weights of this decay (VDVAE)"}
+    )
 
     def __post_init__(self):
         for name in ("batch_size", "num_epochs"):

@@ -5,7 +5,7 @@ a plain function so that the chapter can show and test it alone.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -112,15 +112,24 @@ class RemedyConfig:
     Without any, the loss is the plain negative ELBO.
     """
 
-    beta: float = 1.0  # the KL weight at full strength
-    schedule: str = "constant"  # constant, linear or cyclical, over ``warmup`` epochs
-    warmup: float = 1.0  # epochs of the warm-up (or of all cycles)
-    cycles: int = 4  # cycles of the cyclical schedule
-    free_bits: float | None = None  # nats each dimension (or group, with group_sizes) may keep for free
-    group_sizes: tuple[int, ...] | None = None  # split the latent into groups of these sizes
-    group_balance: bool = False  # NVAE's balancing of the groups (group_sizes, or a hierarchy's) during the warm-up
-    optimal_sigma: bool = False  # the sigma-VAE's analytic shared sigma (a Gaussian likelihood)
-    kl_balance: float | None = None  # alpha of DreamerV2's balancing (learned prior)
+    beta: float = field(default=1.0, metadata={"help": "the KL weight at full strength"})
+    schedule: str = field(default="constant", metadata={"help": "constant, linear or cyclical, over ``warmup`` epochs"})
+    warmup: float = field(default=1.0, metadata={"help": "epochs of the warm-up (or of all cycles)"})
+    cycles: int = field(default=4, metadata={"help": "cycles of the cyclical schedule"})
+    free_bits: float | None = field(
+        default=None, metadata={"help": "nats each dimension (or group, with group_sizes) may keep for free"}
+    )
+    group_sizes: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "split the latent into groups of these sizes"}
+    )
+    group_balance: bool = field(
+        default=False,
+        metadata={"help": "NVAE's balancing of the groups (group_sizes, or a hierarchy's) during the warm-up"},
+    )
+    optimal_sigma: bool = field(
+        default=False, metadata={"help": "the sigma-VAE's analytic shared sigma (a Gaussian likelihood)"}
+    )
+    kl_balance: float | None = field(default=None, metadata={"help": "alpha of DreamerV2's balancing (learned prior)"})
 
     def __post_init__(self):
         beta_schedule(self.schedule, 0.0, 1.0, 1)  # rejects an unknown schedule now, not mid-training

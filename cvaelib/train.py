@@ -14,7 +14,7 @@ import itertools
 import math
 import random
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,18 @@ from .stopping import EpochTotals, StopRule, TrainingInterrupted, first_ctrl_c_s
 class TrainConfig:
     """How ``fit`` optimises (chapters 1-5, ``python -m cvaelib train``); stored in checkpoints."""
 
-    lr: float = 1e-3  # Adam's learning rate
-    seed: int = 0  # seeds the weights' random draws (the batches have their own seed)
-    clip_grad: float | None = None  # clip the gradient norm to this value
-    skip_grad_norm: float | None = None  # skip an update whose gradient norm is larger (VDVAE); None: never
-    warmup_steps: int = 0  # raise the learning rate linearly from 0 over this many steps (VDVAE)
-    cosine_decay: bool = False  # then lower it along a cosine to 0 at the last step of num_epochs
+    lr: float = field(default=1e-3, metadata={"help": "Adam's learning rate"})
+    seed: int = field(default=0, metadata={"help": "seeds the weights' random draws (the batches have their own seed)"})
+    clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
+    skip_grad_norm: float | None = field(
+        default=None, metadata={"help": "skip an update whose gradient norm is larger (VDVAE); None: never"}
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "raise the learning rate linearly from 0 over this many steps (VDVAE)"}
+    )
+    cosine_decay: bool = field(
+        default=False, metadata={"help": "then lower it along a cosine to 0 at the last step of num_epochs"}
+    )
 
     def __post_init__(self):
         _check_positive("lr", self.lr)
@@ -55,10 +61,13 @@ class TrainConfig:
 class SpeedConfig:
     """Switches that change how fast ``fit`` runs, not what it computes (``benchmarks/throughput.py``)."""
 
-    bf16: bool = False  # autocast to bfloat16 (the likelihood and KL stay in float32)
-    channels_last: bool = False  # memory layout for convolutions
-    compile: bool = False  # torch.compile the model
-    sync_every: int = 10  # copy the loss parts to the host every this many steps (a GPU waits at each copy)
+    bf16: bool = field(default=False, metadata={"help": "autocast to bfloat16 (the likelihood and KL stay in float32)"})
+    channels_last: bool = field(default=False, metadata={"help": "memory layout for convolutions"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    sync_every: int = field(
+        default=10,
+        metadata={"help": "copy the loss parts to the host every this many steps (a GPU waits at each copy)"},
+    )
 
     def __post_init__(self):
         if not isinstance(self.sync_every, int) or self.sync_every < 1:

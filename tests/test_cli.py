@@ -415,42 +415,42 @@ def test_the_hierarchy_trains_fast_and_averaged_by_default_and_each_switch_can_b
     assert speed.bf16 == bf16_is_fast("cpu") and not speed.channels_last and ema is None
 
 
-def test_every_configuration_field_is_an_option_with_its_comment_as_help(capsys):
+def test_every_configuration_field_is_an_option_with_its_help(capsys):
     from dataclasses import fields
 
-    import cvaelib.cli as cli
+    import cvaelib.options as options
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help over lines
-    for config in cli.CONFIGS:
+    for config in options.CONFIGS:
         for f in fields(config):
-            if f.name not in cli.NOT_OPTIONS:
-                option = cli._config_options()[config].get(f.name) or cli._flag(f.name)
-                assert option is not None and cli._flag(f.name) in text, f.name
+            if f.name not in options.NOT_OPTIONS:
+                option = options.config_options()[config].get(f.name) or options.flag_of(f.name)
+                assert option is not None and options.flag_of(f.name) in text, f.name
+                assert f.metadata["help"], f"{config.__name__}.{f.name} has no help"
     assert "--lr LR Adam's learning rate" in text and "--no-ema turn it off" in text
 
 
 def test_a_field_added_to_a_configuration_is_an_option_at_once(monkeypatch):
-    from dataclasses import dataclass
+    from dataclasses import dataclass, field
 
     import cvaelib.cli as cli
+    import cvaelib.options as options
 
     @dataclass(frozen=True)
     class Extra:
-        label_smoothing: float = 0.0  # how much of each label to spread over the others
+        label_smoothing: float = field(default=0.0, metadata={"help": "how much of each label to spread"})
 
-    monkeypatch.setattr(cli, "CONFIGS", (*cli.CONFIGS, Extra))
-    cli._config_options.cache_clear()
+    monkeypatch.setattr(options, "CONFIGS", (*options.CONFIGS, Extra))
+    options.config_options.cache_clear()
     try:
         args = cli._parser().parse_args(["train", "--dataset", "mnist", "--out", "-", "--label-smoothing", "0.1"])
         assert args.label_smoothing == 0.1
-        assert (
-            cli._config_options()[Extra]["label_smoothing"].help == "how much of each label to spread over the others"
-        )
+        assert options.config_options()[Extra]["label_smoothing"].help == "how much of each label to spread"
     finally:
         monkeypatch.undo()
-        cli._config_options.cache_clear()
+        options.config_options.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -469,23 +469,25 @@ def test_a_field_added_to_a_configuration_is_an_option_at_once(monkeypatch):
 )
 def test_the_command_of_a_recipe_trains_that_recipe(dataset, argv):
     import cvaelib.cli as cli
+    from cvaelib.options import command, recipe_of
 
     parser = cli._parser()
-    recipe = cli._recipe(parser.parse_args(["train", "--dataset", dataset, "--out", "-", *argv]))
-    line = cli.command(dataset, recipe, "run.pt")
+    recipe = recipe_of(parser.parse_args(["train", "--dataset", dataset, "--out", "-", *argv]))
+    line = command(dataset, recipe, "run.pt")
     assert line.startswith(f"python -m cvaelib train --dataset {dataset} --out run.pt")
     assert {a for a in argv if a.startswith("--")} <= set(line.split())  # every typed option changed the recipe
-    assert cli._recipe(parser.parse_args(line.split()[3:])) == recipe
+    assert recipe_of(parser.parse_args(line.split()[3:])) == recipe
 
 
 def test_size_picks_its_own_preset_and_explicit_fields_override_it():
     import cvaelib.cli as cli
     from cvaelib.hierarchical import HierarchicalConfig
+    from cvaelib.options import recipe_of
 
     parser = cli._parser()
 
     def model(*argv):
-        return cli._recipe(parser.parse_args(["train", "--dataset", "cifar10", "--out", "-", *argv])).model
+        return recipe_of(parser.parse_args(["train", "--dataset", "cifar10", "--out", "-", *argv])).model
 
     assert model("--arch", "hierarchical", "--size", "full") == HierarchicalConfig(size="full")
     tiny = model("--arch", "hierarchical", "--size", "tiny", "--latent-channels", "3")

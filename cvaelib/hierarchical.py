@@ -18,7 +18,7 @@ The output is the likelihood's parameters at 32x32, by default the mixture of di
 """
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -119,59 +119,84 @@ class LatentGroup(nn.Module):
             self.z_proj.weight.mul_(num_groups**-0.5)
         self.block = ResBlock(width, mid)
 
-    def forward(self, h, activation=None, from_prior=False, temperature=1.0, z=None):
-        """Top-down step: h (B,W,r,r) -> new h, and (mu, logvar, prior_mu, prior_logvar), each (B, Z*r*r).
-
-        Without an encoder ``activation`` (sampling), z comes from the prior at ``temperature``, or is the
-        given ``z`` (B, Z*r*r), and the statistics are None. With one, z comes from the posterior, or from
-        the prior when ``from_prior`` (the statistics still report both).
-        """
+    def _prior(self, h):
+        """p(z_g | z_<g, y) read from the top-down state h (B,W,r,r): its mean and log-variance (B,Z,r,r) each, an
+        update of h, and the noise eps (B,Z,r,r) that draws z: drawn in both steps, so that a step draws the same
+        noise whatever z it then uses."""
         Z = self.latent_channels
         prior_mu, prior_logvar, update = self.prior(h).split([Z, Z, h.shape[1]], dim=1)
-        prior_logvar = soft_clamp(prior_logvar)
-        eps = torch.randn_like(prior_mu)  # (B,Z,r,r)
-        if activation is None and z is not None:
-            z, stats = z.view_as(prior_mu).to(prior_mu), None  # (B, Z*r*r) -> (B,Z,r,r)
-        elif activation is None:
-            z, stats = reparameterize(prior_mu, prior_logvar, eps, temperature), None
+        return prior_mu, soft_clamp(prior_logvar), update, torch.randn_like(prior_mu)
+
+    def _with(self, h, update, z):
+        """The next state: z (B,Z,r,r) added to h through a 1x1 convolution, then a residual block."""
+        return self.block(h + update + self.z_proj(z))
+
+    def posterior_step(self, h, activation, from_prior: bool = False):
+        """Training's top-down step: z from q(z_g | x, z_<g, y), read from h (B,W,r,r) and the encoder's
+        ``activation`` at this resolution (B,W,r,r); or from the prior when ``from_prior`` (group resampling).
+        Returns the new h and the ``GroupStats`` (mu, logvar, prior_mu, prior_logvar, eps; (B, Z*r*r) each)."""
+        prior_mu, prior_logvar, update, eps = self._prior(h)
+        dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
+        mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
+        z = reparameterize(prior_mu, prior_logvar, eps) if from_prior else reparameterize(mu, logvar, eps)
+        # (B,Z*r*r) each, at least float32 under bfloat16 autocast too: the KL keeps its digits
+        stats = GroupStats(*(at_least_float32(t.flatten(1)) for t in (mu, logvar, prior_mu, prior_logvar, eps)))
+        return self._with(h, update, z), stats
+
+    def prior_step(self, h, temperature: float = 1.0, z=None):
+        """Sampling's top-down step: z from p(z_g | z_<g, y) at ``temperature``, or the given ``z`` (B, Z*r*r)
+        (a top group drawn elsewhere); h (B,W,r,r) -> the new h."""
+        prior_mu, prior_logvar, update, eps = self._prior(h)
+        if z is None:
+            z = reparameterize(prior_mu, prior_logvar, eps, temperature)
         else:
-            dmu, dlogvar = self.posterior(torch.cat([h, activation], dim=1)).chunk(2, dim=1)
-            mu, logvar = prior_mu + dmu, prior_logvar + soft_clamp(dlogvar)  # NVAE's residual normal
-            z = reparameterize(prior_mu, prior_logvar, eps) if from_prior else reparameterize(mu, logvar, eps)
-            # (B,Z*r*r) each, at least float32 under bfloat16 autocast too: the KL keeps its digits
-            stats = GroupStats(*(at_least_float32(t.flatten(1)) for t in (mu, logvar, prior_mu, prior_logvar, eps)))
-        return self.block(h + update + self.z_proj(z)), stats
+            z = z.view_as(prior_mu).to(prior_mu)  # (B, Z*r*r) -> (B,Z,r,r)
+        return self._with(h, update, z)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HierarchicalConfig:
     """Everything that defines a ``HierarchicalCVAE`` (chapter 4, ``--arch hierarchical``); stored in checkpoints.
 
-    ``size`` picks a preset of ``SIZES``; a value given explicitly overrides the preset's, and the resolved
-    values are kept, so ``HierarchicalCVAE(**asdict(config))`` rebuilds the same model.
+    ``HierarchicalConfig.from_size(size, **fields)`` takes the fields a preset of ``SIZES`` sets from that
+    preset, unless given; the constructor takes every field, as a checkpoint stores them, so
+    ``HierarchicalCVAE(**asdict(config))`` rebuilds the same model.
     """
 
     image_shape: tuple[int, int, int] = field(
         default=(3, 32, 32), metadata={"help": "CIFAR-10's; (1, 28, 28) is padded to 32x32 inside"}
     )
     num_classes: int = field(default=10, metadata={"help": "0: unconditional"})
-    size: str = field(default="small", metadata={"help": '"tiny" (tests), "small" (a CPU), "full" (a GPU)'})
+    size: str = field(default="small", metadata={"help": 'the preset: "tiny" (tests), "small" (a CPU), "full" (a GPU)'})
     likelihood: str = field(default="logistic_mixture", metadata={"help": "p(x | z, y), any of losses.LIKELIHOODS"})
     num_mixtures: int = field(default=10, metadata={"help": "components of the logistic mixture"})
-    widths: tuple[int, ...] | None = field(
-        default=None, metadata={"help": "channels at each latent resolution, lowest first, then at 32x32"}
+    widths: tuple[int, ...] = field(
+        metadata={"help": "channels at each latent resolution, lowest first, then at 32x32 (default: the size's)"}
     )
-    latent_channels: int | None = field(default=None, metadata={"help": "channels of every latent group"})
-    groups_per_resolution: tuple[int, ...] | None = field(
-        default=None, metadata={"help": "latent groups at each resolution, lowest first"}
+    latent_channels: int = field(metadata={"help": "channels of every latent group (default: the size's)"})
+    groups_per_resolution: tuple[int, ...] = field(
+        metadata={"help": "latent groups at each resolution, lowest first (default: the size's)"}
     )
-    blocks_per_resolution: int | None = field(
-        default=None, metadata={"help": "residual blocks per resolution in the encoder and decoder"}
+    blocks_per_resolution: int = field(
+        metadata={"help": "residual blocks per resolution in the encoder and decoder (default: the size's)"}
     )
     arch: str = field(default="hierarchical", metadata={"help": "what ``models.build_model`` rebuilds"})
 
+    @classmethod
+    def from_size(cls, size: str = "small", **given) -> "HierarchicalConfig":
+        """The preset ``size`` of ``SIZES``, with any field in ``given`` in place of the preset's."""
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+        return cls(size=size, **{**SIZES[size], **given})
+
     def __post_init__(self):
-        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        for name in SIZES[self.size] if self.size in SIZES else ():
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"{name} is not set: HierarchicalConfig.from_size(size) takes it from the size's preset"
+                )
+        for name in ("image_shape", "widths", "groups_per_resolution"):  # lists from JSON or the command line
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.image_shape not in IMAGE_SHAPES:
             raise ValueError(f"image_shape must be (3, 32, 32) or (1, 28, 28), got {self.image_shape}")
         if self.size not in SIZES:
@@ -186,9 +211,6 @@ class HierarchicalConfig:
             raise ValueError(f"num_mixtures must be a positive integer, got {self.num_mixtures!r}")
         if self.num_mixtures != 10 and self.likelihood != "logistic_mixture":
             raise ValueError(f"num_mixtures is the logistic mixture's: the likelihood is {self.likelihood!r}")
-        for name, preset in SIZES[self.size].items():
-            value = preset if getattr(self, name) is None else getattr(self, name)
-            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)
         gpr, widths = self.groups_per_resolution, self.widths
         if not 1 <= len(gpr) <= 5 or min(gpr) < 1:
             raise ValueError(
@@ -213,7 +235,8 @@ class HierarchicalConfig:
 
     def resized(self, size: str) -> "HierarchicalConfig":
         """The same model at another ``size``, with every field of the presets taken from that size's."""
-        return replace(self, size=size, **dict.fromkeys(SIZES[self.size]))  # unset: filled from the new size
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in {"size", *SIZES.get(size, ())}}
+        return HierarchicalConfig.from_size(size, **kept)
 
 
 def _stage(width: int, blocks: int) -> list[nn.Module]:
@@ -236,20 +259,20 @@ class Encoder(nn.Module):
         super().__init__()
         up_first = widths[::-1]  # the order the encoder meets them: 32x32 first, the lowest resolution last
         self.stem = nn.Conv2d(in_channels, up_first[0], 3, padding=1)
-        # level k: change width from level k-1's, then blocks; level 0 (32x32) keeps the stem's width
+        # level 0 (32x32) keeps the stem's width; level k > 0 changes width from level k-1's; then blocks
+        widths_in = (up_first[0], *up_first[:-1])
         self.levels = nn.ModuleList(
-            nn.Sequential(_change_width(a, b), *_stage(b, blocks))
-            for a, b in zip(up_first[:1] + up_first[:-1], up_first, strict=True)
+            nn.Sequential(_change_width(a, b), *_stage(b, blocks)) for a, b in zip(widths_in, up_first, strict=True)
         )
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x (B,C,32,32) -> [(B,w,r,r) for each latent resolution r], lowest resolution first."""
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """x (B,C,32,32) -> {r: (B,w,r,r)} for each latent resolution r (16, 8, 4, ...)."""
         h = self.levels[0](self.stem(x))  # (B,C,32,32) -> (B,w,32,32)
-        activations = []
+        activations = {}
         for level in self.levels[1:]:
             h = level(F.avg_pool2d(h, 2))  # (B,w,2r,2r) -> (B,w',r,r)
-            activations.append(h)
-        return activations[::-1]
+            activations[h.shape[-1]] = h
+        return activations
 
 
 class Decoder(nn.Module):
@@ -283,17 +306,22 @@ class Decoder(nn.Module):
         return h if y is None else h + self.label_embeddings[i](y.long())[:, :, None, None]
 
     def forward(self, y, batch_size, activations=None, prior_groups=(), temperature=1.0, top=None):
-        """Learned constant -> groups, lowest resolution first -> params (B,P,32,32), and one GroupStats per group
-        (None when sampling: no encoder ``activations``). Groups in ``prior_groups`` draw z from the prior; when
-        sampling, ``top`` (B, D_0), if given, is the top group's z."""
+        """Learned constant -> groups, lowest resolution first -> params (B,P,32,32), and one GroupStats per group.
+
+        With the encoder's ``activations`` ({r: (B,w,r,r)}), each group steps with its posterior (with its prior
+        for the indices in ``prior_groups``); without them (sampling), each steps with its prior at
+        ``temperature``, the top group with the z ``top`` (B, D_0) if given, and the stats are empty."""
         h, stats = self.h0.expand(batch_size, -1, -1, -1), []  # (1,w,r0,r0) -> (B,w,r0,r0)
+        index = 0  # the group's place, top-down
         for i, groups in enumerate(self.groups):
             h = self._enter_level(h, y, i)
             for group in groups:
-                e = None if activations is None else activations[i]
-                z = top if not stats else None
-                h, group_stats = group(h, e, from_prior=len(stats) in prior_groups, temperature=temperature, z=z)
-                stats.append(group_stats)
+                if activations is None:
+                    h = group.prior_step(h, temperature, top if index == 0 else None)
+                else:
+                    h, group_stats = group.posterior_step(h, activations[h.shape[-1]], index in prior_groups)
+                    stats.append(group_stats)
+                index += 1
         h = self.out_blocks(self._enter_level(h, y, len(self.groups)))  # (B,w,16,16) -> (B,w',32,32)
         return self.out(h), stats  # (B,w',32,32) -> (B,P,32,32)
 
@@ -312,7 +340,7 @@ class HierarchicalCVAE(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        self.config = c = HierarchicalConfig(**config)
+        self.config = c = HierarchicalConfig.from_size(**config)
         self.image_shape, self.num_classes = c.image_shape, c.num_classes
         self.likelihood = make_likelihood(
             c.likelihood, **({"num_mixtures": c.num_mixtures} if c.likelihood == "logistic_mixture" else {})
@@ -331,26 +359,32 @@ class HierarchicalCVAE(nn.Module):
         # 28x28 images were padded to 32x32: (B,P,32,32) -> (B,P,28,28)
         return params[:, :, self.pad : -self.pad, self.pad : -self.pad] if self.pad else params
 
-    def forward(self, x, y=None, prior_groups=(), samples=1):
-        """Encode bottom-up, decode top-down with z from q (or from p for ``prior_groups``) (chapter 4).
+    def forward(self, x, y=None, samples=1):
+        """Encode bottom-up, decode top-down with z from q (chapter 4).
 
         The course's one model interface: a dict with ``log_px`` (B,) = log p(x|z,y) and ``groups``, one
         ``GroupStats`` (mu, logvar, prior_mu, prior_logvar, eps; (B, D_g) each) per group, top-down, and
-        ``params`` (B,P,H,W) and ``x_hat`` (B,C,H,W). A group whose index is in ``prior_groups`` draws z
-        from its prior (resample one group, keep the others); its entry still reports q and p, and its
-        ``eps`` is then the prior's noise (such a pass is for looking at, not for ``losses.log_weight``).
-        ``samples`` > 1 runs the bottom-up pass once and the top-down pass for that many z per image: every
-        output is then that of the batch ``samples`` times over (S*B, ...), sample-major as ``repeat_batch``.
+        ``params`` (B,P,H,W) and ``x_hat`` (B,C,H,W). ``samples`` > 1 runs the bottom-up pass once and the
+        top-down pass for that many z per image: every output is then that of the batch ``samples`` times over
+        (S*B, ...), sample-major as ``repeat_batch``.
         """
+        return self._pass(x, y, samples)
+
+    def resample(self, x, y=None, groups=()):
+        """``forward``, but the groups whose indices are in ``groups`` draw z from their prior, the others from q:
+        what a group holds of an image (chapter 4's figure). Their entries still report q and p, and their ``eps``
+        is then the prior's noise (such a pass is for looking at, not for ``losses.log_weight``)."""
+        groups = set(groups)
+        if not groups <= set(range(len(self.group_shapes))):
+            raise ValueError(f"groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(groups)}")
+        return self._pass(x, y, 1, groups)
+
+    def _pass(self, x, y, samples, prior_groups=frozenset()):
         check_images(x, self.image_shape)
         check_labels(y, self.num_classes, len(x))
         check_samples(samples)
-        prior_groups = set(prior_groups)
-        if not prior_groups <= set(range(len(self.group_shapes))):
-            raise ValueError(
-                f"prior_groups must be group indices in [0, {len(self.group_shapes)}), got {sorted(prior_groups)}"
-            )
-        activations = [repeat_batch(a, samples) for a in self.encoder(F.pad(x, [self.pad] * 4))]  # bottom-up once
+        encoded = self.encoder(F.pad(x, [self.pad] * 4))  # bottom-up once: {r: (B,w,r,r)}
+        activations = {r: repeat_batch(a, samples) for r, a in encoded.items()}
         x, y = repeat_batch(x, samples), repeat_batch(y, samples)
         params, groups = self.decoder(y, len(x), activations, prior_groups)
         params = at_least_float32(self._unpad(params))  # the likelihood in float32 under bfloat16 autocast too

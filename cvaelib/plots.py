@@ -177,7 +177,7 @@ def group_resampling(model, x, y, title=None, ax=None, seed=0):
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         for g in [None, *range(len(model.group_shapes))]:
             torch.manual_seed(seed)
-            rows.append(model(x, y, prior_groups=() if g is None else [g])["x_hat"].cpu())
+            rows.append(model.resample(x, y, groups=() if g is None else [g])["x_hat"].cpu())
     if ax is None:
         _, ax = plt.subplots(figsize=(len(x) * 0.7 + 1.5, len(rows) * 0.7 + 0.4))
     _show(ax, torch.cat(rows), nrow=len(x))

@@ -102,7 +102,7 @@ DEFAULTS = {
 # (typically 1e4 to 3e4 nats early on) and skip updates 100 times that; and what a short budget needs (VDVAE): a
 # learning-rate warm-up, and an average of the weights to test and sample with.
 HIERARCHICAL = Recipe(
-    HierarchicalConfig(size="small", likelihood="logistic_mixture"),
+    HierarchicalConfig.from_size("small", likelihood="logistic_mixture"),
     RemedyConfig(schedule="linear", warmup=1.0),
     TrainConfig(lr=1e-3, clip_grad=2e5, skip_grad_norm=2e6, warmup_steps=200),
     batch_size=32,

@@ -489,6 +489,6 @@ def test_size_picks_its_own_preset_and_explicit_fields_override_it():
     def model(*argv):
         return recipe_of(parser.parse_args(["train", "--dataset", "cifar10", "--out", "-", *argv])).model
 
-    assert model("--arch", "hierarchical", "--size", "full") == HierarchicalConfig(size="full")
+    assert model("--arch", "hierarchical", "--size", "full") == HierarchicalConfig.from_size(size="full")
     tiny = model("--arch", "hierarchical", "--size", "tiny", "--latent-channels", "3")
-    assert tiny == HierarchicalConfig(size="tiny", latent_channels=3)
+    assert tiny == HierarchicalConfig.from_size(size="tiny", latent_channels=3)

@@ -137,7 +137,7 @@ def test_samples_decode_the_given_top_codes(tiny_cvae_and_batches):
     with pytest.raises(ValueError, match=r"top must hold one code per sample, \(10, 3\)"):
         model.sample(labels, top=torch.zeros(10, 4))
 
-    hierarchy = build_model(HierarchicalConfig(size="tiny", image_shape=(1, 28, 28))).eval()
+    hierarchy = build_model(HierarchicalConfig.from_size(size="tiny", image_shape=(1, 28, 28))).eval()
     top_prior = fit_prior(hierarchy, batches)
     assert top_prior.latent_dim == math.prod(hierarchy.group_shapes[0])
     torch.manual_seed(0)

@@ -77,7 +77,7 @@ def test_log_px_is_the_likelihood_of_the_params():
     torch.testing.assert_close(out["x_hat"], model.likelihood.mean(out["params"]))
 
 
-def test_prior_groups_resample_one_group_and_keep_the_others():
+def test_resample_draws_one_group_from_its_prior_and_keeps_the_others():
     model = tiny()
     x, y = batch()
     torch.manual_seed(2)
@@ -85,7 +85,7 @@ def test_prior_groups_resample_one_group_and_keep_the_others():
     torch.manual_seed(2)
     again = model(x, y)
     torch.manual_seed(2)
-    resampled = model(x, y, prior_groups=[1])
+    resampled = model.resample(x, y, groups=[1])
     torch.testing.assert_close(again["params"], posterior["params"])  # the same noise gives the same output
     assert not torch.allclose(resampled["params"], posterior["params"])
     # groups 0 and 1 see the same z_0: their posteriors and priors are unchanged; group 2 sees another z_1
@@ -93,8 +93,8 @@ def test_prior_groups_resample_one_group_and_keep_the_others():
         for a, b in zip(resampled["groups"][g], posterior["groups"][g], strict=True):
             torch.testing.assert_close(a, b)
     assert not torch.allclose(resampled["groups"][2][0], posterior["groups"][2][0])
-    with pytest.raises(ValueError, match=r"prior_groups must be group indices in \[0, 3\)"):
-        model(x, y, prior_groups=[3])
+    with pytest.raises(ValueError, match=r"groups must be group indices in \[0, 3\)"):
+        model.resample(x, y, groups=[3])
 
 
 def test_temperature_zero_and_labels():

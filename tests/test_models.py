@@ -142,7 +142,7 @@ def test_build_model_rebuilds_every_kind_from_its_config_or_the_dict_a_checkpoin
     for config, kind in [
         (ModelConfig(latent_dim=3), CVAE),
         (ModelConfig(arch="conv", latent_dim=3), CVAE),
-        (HierarchicalConfig(size="tiny"), HierarchicalCVAE),
+        (HierarchicalConfig.from_size(size="tiny"), HierarchicalCVAE),
     ]:
         for given in (config, asdict(config)):
             model = build_model(given)

@@ -18,7 +18,7 @@ def shipped_folder(tmp_path):
     cvae = build_model(ModelConfig(latent_dim=3, prior="learned"))
     prior = FittedPrior(torch.ones(10, 1), torch.randn(10, 1, 3), torch.eye(3).repeat(10, 1, 1, 1))
     ship(cvae, "mnist_cvae", {"dataset": "mnist"}, prior, tmp_path)
-    hierarchy = build_model(HierarchicalConfig(size="tiny"))
+    hierarchy = build_model(HierarchicalConfig.from_size(size="tiny"))
     ship(hierarchy, "cifar10_tiny", {"dataset": "cifar10"}, folder=tmp_path)
     return tmp_path, cvae, hierarchy, prior
 

@@ -1,9 +1,10 @@
 """What every model shares around its ``forward`` and ``sample``: the checks of what it is given, and how
 a sample's images are read off its likelihood (``models.CVAE``, ``hierarchical.HierarchicalCVAE``).
 
-The model interface itself is ``forward(x, y, samples=1)`` -> ``{"log_px": (S*B,), "groups": [GroupStats, ...]}``
-(``samples`` z per image from one encoding, sample-major as ``repeat_batch``), and
-``sample(labels | num_samples, temperature, mean)``; training, evaluation and the diagnostics read only that.
+The model interface itself is ``forward(x, y, samples=1)`` -> ``{"log_px": (S*B,), "groups": [GroupStats, ...],
+"params": the likelihood's parameters, "x_hat": its mean}`` (``samples`` z per image from one encoding, sample-major
+as ``repeat_batch``), and ``sample(labels | num_samples, temperature, mean)``; training, evaluation and the
+diagnostics read only ``log_px`` and ``groups``, a reconstruction ``x_hat`` and the sigma-VAE ``params``.
 Values are checked where no accelerator waits for them: on the CPU, in ``sample`` and once per dataset
 (``data.load``); a training step on a GPU checks only dtypes and shapes.
 """

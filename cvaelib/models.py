@@ -256,9 +256,10 @@ class CVAE(nn.Module):
         """Encode, sample z, decode: the course's one model interface (chapters 1-5).
 
         Returns a dict with ``log_px`` (B,) = log p(x|z,y) and ``groups``, one ``GroupStats`` (a CVAE has
-        one latent group), which is all the ELBO, IWAE and the diagnostics read; and, for the chapters,
-        params, x_hat, mu, logvar, z and prior. The outputs are float32 even under bfloat16 autocast, so
-        that the likelihood and the KL keep their digits (autocast lowers only the layers' matrix products).
+        one latent group: its mu, logvar, prior mean and log-variance and eps), which is all the ELBO, IWAE and
+        the diagnostics read; and the likelihood's ``params`` and mean ``x_hat`` (reconstructions). The outputs
+        are float32 even under bfloat16 autocast, so that the likelihood and the KL keep their digits (autocast
+        lowers only the layers' matrix products).
         ``samples`` > 1 draws that many z per image from one encoding (the IWAE bound's K): every output is
         then that of the batch ``samples`` times over (S*B, ...), sample-major as ``repeat_batch``.
         """
@@ -268,16 +269,11 @@ class CVAE(nn.Module):
         eps = torch.randn_like(mu)  # (S*B, D)
         z = reparameterize(mu, logvar, eps)  # (S*B, D)
         params = at_least_float32(self.decode_params(z, y))
-        prior = self.prior(y)
         return {
             "log_px": self.likelihood.log_prob(params, x),
-            "groups": [GroupStats(mu, logvar, *prior, eps)],
+            "groups": [GroupStats(mu, logvar, *self.prior(y), eps)],
             "params": params,
             "x_hat": self.likelihood.mean(params),
-            "mu": mu,
-            "logvar": logvar,
-            "z": z,
-            "prior": prior,
         }
 
     @torch.no_grad()

@@ -5,9 +5,8 @@ dict with a scalar ``"loss"`` to minimise and any other parts to report. How it 
 a ``TrainConfig``, how fast it runs a ``SpeedConfig``: small frozen dataclasses that the
 command line, the chapters and the checkpoints share.
 
-Under ``torchrun`` (an initialised process group of several processes), ``fit`` trains one model
-with ``DistributedDataParallel``; ``distributed.py`` holds what that takes, ``checkpoint.SavedRun`` the
-saved run that a later call resumes from.
+Under ``torchrun``, ``fit`` trains one model with ``DistributedDataParallel`` (``distributed.py``);
+``checkpoint.SavedRun`` holds the saved run that a later call resumes from, ``stopping.py`` how a run stops.
 """
 
 import itertools
@@ -224,19 +223,54 @@ def _start_epoch(epoch: int, done: int, train_batches, loss_fn, seed: int) -> No
 
 @dataclass
 class _Run:
-    """One ``fit`` call's state in one place: the model, the model as ``loss_fn`` calls it (``run``: under DDP,
-    compiled), what trains it, where, its progress bar and when it stops."""
+    """One ``fit`` call's state: the model and ``run``, the model as ``loss_fn`` calls it (DDP, compiled)."""
 
     model: nn.Module
     run: nn.Module
+    tested: nn.Module  # the model the test figures are of: the average of the weights when fit keeps one
     loss_fn: object
     batches: object
+    test_batches: object
     optimizer: torch.optim.Optimizer
     update: _Updater
     speed: SpeedConfig
     device: torch.device
+    saved: SavedRun
+    history: list
     bar: tqdm
     stop: StopRule
+    progress: bool
+
+    def epoch(self, epoch: int, num_epochs: int, partial: dict | None = None) -> bool:
+        """Train ``epoch`` (from the step ``partial`` stopped at, in a resumed run), record it and save the
+        checkpoint; True if training stops here, before ``num_epochs`` (Ctrl-C, ``max_minutes``)."""
+        totals = EpochTotals(epoch, self.saved.path, self.device)
+        if partial is not None:  # a run stopped mid-epoch goes on at its next step
+            totals.restore(partial, distributed.rank())
+        _start_epoch(epoch, totals.steps, self.batches, self.loss_fn, self.update.config.seed)
+        self.bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
+        if self.train_epoch(totals):
+            self.saved.save(self.history, epoch, totals.state())  # the same call again goes on from this step
+            self.stopped(epoch + 1, totals.steps, f"at step {totals.steps} of epoch {epoch + 1}", num_epochs)
+            return True
+        self.history.append(self.record(epoch, totals))
+        if self.progress:
+            line = (f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.history[-1].items())
+            tqdm.write("  ".join(line))
+        self.saved.save(self.history, epoch + 1)
+        if self.stop.interrupt.is_set() or (epoch + 1 < num_epochs and self.stop.out_of_time()):
+            self.stopped(epoch + 1, len(self.batches), f"at the end of epoch {epoch + 1}", num_epochs)
+            return True
+        return False
+
+    def stopped(self, epoch: int, step: int, where: str, num_epochs: int) -> None:
+        """Ctrl-C raises ``TrainingInterrupted`` (the checkpoint holds ``step`` of epoch ``epoch``, counted from 1);
+        ``max_minutes`` says where it stopped."""
+        if self.stop.interrupt.is_set():
+            raise TrainingInterrupted(epoch, step, len(self.batches), self.saved.path)
+        if self.progress:
+            again = f"; run again with the same checkpoint to go on ({self.saved.path})" if self.saved.path else ""
+            tqdm.write(f"stopped after {self.stop.max_minutes:g} minutes, {where} of {num_epochs}{again}")
 
     def train_epoch(self, totals: EpochTotals) -> bool:
         """Train one epoch from step ``totals.steps`` on; its loss parts go to ``totals``. True if it stopped
@@ -260,16 +294,16 @@ class _Run:
         totals.flush()
         return False
 
-    def record(self, epoch: int, totals: EpochTotals, tested: nn.Module, test_batches) -> dict:
+    def record(self, epoch: int, totals: EpochTotals) -> dict:
         """The history entry of a finished epoch: train means over every process, skipped updates, test means
         (of ``tested``: the average of the weights when ``fit`` keeps one)."""
         totals.reduce()
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in totals.means().items()}}
         if self.update.config.skip_grad_norm is not None:
             record["skipped_updates"] = totals.skipped
-        if test_batches is not None:
+        if self.test_batches is not None:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.speed.bf16):
-                tests = evaluate_loss(tested, self.loss_fn, test_batches, self.device)
+                tests = evaluate_loss(self.tested, self.loss_fn, self.test_batches, self.device)
             record.update({f"test_{k}": v for k, v in tests.items()})
         return record
 
@@ -307,28 +341,20 @@ def fit(
 ) -> list:
     """Train ``model`` for ``num_epochs`` and return the per-epoch history (chapters 1-5).
 
-    Each history entry holds the epoch and the mean of every scalar loss part on train
-    (``train_<part>``) and, with ``test_batches``, on test (``test_<part>``), and the number of
-    updates skipped for a huge gradient (``skipped_updates``, with ``config.skip_grad_norm``).
-    With ``checkpoint`` (a path, or a ``checkpoint.SavedRun`` already read), the model, optimizer, history and
-    random state are saved after every epoch, with ``meta`` (e.g. how to rebuild the model); if that file already
-    exists, training resumes from it and ends exactly where an uninterrupted run would.
-    ``max_minutes`` stops cleanly within ``speed.sync_every`` steps of that much training time, mid-epoch
-    if need be, and saves the checkpoint there (with the epoch's step and totals so far); a later call
-    with the same checkpoint goes on from that step and ends as an uninterrupted run would (under
-    ``torchrun``, with other noise for the rest of that epoch).
-    With ``ema`` (``ema_of(model)``), an exponential moving average of the weights is kept after every update,
-    saved in the checkpoint, and the test figures are those of the averaged model, ``ema.module``.
-    A loss part or a parameter that is no longer finite stops training with an error before
-    anything is saved, so the last good checkpoint stays. Ctrl-C ends the step in progress, saves the
-    checkpoint there (as ``max_minutes`` does) and raises ``TrainingInterrupted``; a second Ctrl-C stops at once.
-
-    In an initialised process group of several processes (``torchrun``), the model is trained with
-    ``DistributedDataParallel``: ``train_batches`` must be this process's shard (``data.Batches`` with
-    ``rank`` and ``world_size``), ``loss_fn`` gets a module whose call is DDP's forward, the reported
-    train parts are averaged over the processes, each process draws its own noise (seeded by seed,
-    epoch and rank), and only rank 0 shows progress and writes the checkpoint; every process resumes
-    from it. ``max_minutes`` and a divergence stop all processes after the same epoch, or at the same step.
+    Each history entry holds the epoch, the mean of every scalar loss part on train (``train_<part>``) and, with
+    ``test_batches``, on test (``test_<part>``), and the updates skipped for a huge gradient (``skipped_updates``,
+    with ``config.skip_grad_norm``). With ``checkpoint`` (a path, or a ``checkpoint.SavedRun`` already read), the
+    model, optimizer, history and random state are saved after every epoch with ``meta`` (how to rebuild the model);
+    if the file exists, training resumes from it and ends exactly where an uninterrupted run would. With ``ema``
+    (``ema_of(model)``), an average of the weights is kept after every update and saved, and the test figures
+    are those of ``ema.module``.
+    How a run stops early (``stopping.py``): ``max_minutes`` of training, within ``speed.sync_every`` steps,
+    mid-epoch if need be, and a first Ctrl-C after the step in progress (``TrainingInterrupted``) both save the
+    checkpoint there, and the same call goes on from that step; a loss part or a parameter that is no longer finite
+    stops with an error before anything is saved, so the last good checkpoint stays.
+    Under ``torchrun`` (``distributed.py``), the model trains with ``DistributedDataParallel``: ``train_batches``
+    must be this process's shard (``data.Batches`` with ``rank`` and ``world_size``), train parts are averaged over
+    the processes, each draws its own noise, and only rank 0 shows progress and writes the checkpoint.
     """
     _check_fit(num_epochs, max_minutes, train_batches)
     progress = progress and distributed.rank() == 0  # the other processes are quiet
@@ -350,45 +376,25 @@ def fit(
     bar = tqdm(total=num_epochs * steps, initial=done, disable=not progress, unit="step")
     tested = model if ema is None else ema.module
     with first_ctrl_c_stops_after_the_step() as interrupt, closing(bar):
+        stop = StopRule(interrupt, max_minutes, device)
         state = _Run(
             model,
             run,
+            tested,
             loss_fn,
             train_batches,
+            test_batches,
             optimizer,
             update,
             speed,
             device,
+            saved,
+            history,
             bar,
-            StopRule(interrupt, max_minutes, device),
+            stop,
+            progress,
         )
         for epoch in range(start, num_epochs):
-            totals = EpochTotals(epoch, saved.path, device)
-            if partial is not None and epoch == start:  # a run stopped mid-epoch goes on at its next step
-                totals.restore(partial, distributed.rank())
-            _start_epoch(epoch, totals.steps, train_batches, loss_fn, config.seed)
-            bar.set_description(f"epoch {epoch + 1}/{num_epochs}")
-            if state.train_epoch(totals):
-                saved.save(history, epoch, totals.state())  # the same call again goes on from this step
-                if interrupt.is_set():
-                    raise TrainingInterrupted(epoch + 1, totals.steps, steps, saved.path)
-                _say_stopped(progress, max_minutes, f"at step {totals.steps} of epoch {epoch + 1}", num_epochs, saved)
-                break
-            history.append(state.record(epoch, totals, tested, test_batches))
-            if progress:
-                tqdm.write(
-                    "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in history[-1].items())
-                )
-            saved.save(history, epoch + 1)
-            if interrupt.is_set():
-                raise TrainingInterrupted(epoch + 1, steps, steps, saved.path)
-            if epoch + 1 < num_epochs and state.stop.out_of_time():
-                _say_stopped(progress, max_minutes, f"at the end of epoch {epoch + 1}", num_epochs, saved)
+            if state.epoch(epoch, num_epochs, partial if epoch == start else None):
                 break
     return history
-
-
-def _say_stopped(progress, max_minutes, where, num_epochs, saved: SavedRun) -> None:
-    if progress:
-        again = f"; run again with the same checkpoint to go on ({saved.path})" if saved.path else ""
-        tqdm.write(f"stopped after {max_minutes:g} minutes, {where} of {num_epochs}{again}")

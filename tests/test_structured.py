@@ -82,7 +82,10 @@ def test_shapes():
     x, y, mask = split_quadrants(images, 2)
     baseline, cvae = BaselineNet(hidden=32), StructuredCVAE(latent_dim=4, hidden=32)
     assert baseline(x).shape == (5, 1, 28, 28)
+    with torch.no_grad():  # logits from -8 to 8: a prediction that clipped or rescaled them would show
+        baseline.net[-1].bias.copy_(torch.linspace(-8, 8, 784))
     torch.testing.assert_close(baseline.predict(x), torch.sigmoid(baseline(x)))  # the pixel means of its logits
+    assert baseline.predict(x).min() < 0.001 and baseline.predict(x).max() > 0.999
     for mu, logvar in (cvae.prior(x), cvae.encode(x, y)):
         assert mu.shape == logvar.shape == (5, 4)
     assert cvae.decode_params(torch.randn(5, 4), x).shape == (5, 1, 28, 28)

@@ -15,12 +15,12 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from common import draw_and_judge
 
 from cvaelib import data, load_checkpoint
 from cvaelib.cli import main as cli
 from cvaelib.evaluate import negative_elbo
-from cvaelib.judge import classifier_accuracy, frechet_distance, judge_samples, load_judge
+from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge
 
 
 def run(dataset, out, epochs=None, subset=None, n_per_class=500, test_size=None, device="cpu"):
@@ -39,10 +39,7 @@ def run(dataset, out, epochs=None, subset=None, n_per_class=500, test_size=None,
     judge, _ = load_judge(dataset, device)
 
     model = load_checkpoint(out, device)
-    torch.manual_seed(0)
-    requested = torch.arange(10).repeat_interleave(n_per_class)
-    samples = model.sample(requested.to(device)).cpu()
-    verdict = judge_samples(judge, samples, requested)
+    verdict, samples = draw_and_judge(judge, lambda y: model.sample(y.to(device)), n_per_class)
     real_test = xt.float() / 255
     return {
         "dataset": dataset,

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from cvaelib.profile import PROFILES
+from cvaelib.provenance import RESULTS, provenance
+
 ROOT = Path(__file__).parent.parent
-sys.path.insert(0, str(ROOT))  # cvaelib from this checkout, when the script runs before an install
-from cvaelib.profile import PROFILES  # noqa: E402
-from cvaelib.provenance import RESULTS, provenance  # noqa: E402
 
 
 def steps(profile: str) -> list[dict]:

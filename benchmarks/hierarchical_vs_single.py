@@ -17,158 +17,39 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
-import matplotlib
+from common import (
+    Contender,
+    RaceSettings,
+    contenders,
+    diagnosis,
+    draw_and_judge,
+    finish_record,
+    race,
+    save_sample_grid,
+    start_record,
+    write_record,
+)
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch
-from torchvision.utils import save_image
-
-from cvaelib import data, plots
+from cvaelib import data
 from cvaelib.baselines import gaussian_bits_per_dim
-from cvaelib.checkpoint import read_checkpoint, refuse_another_run
 from cvaelib.diagnostics import diagnose
-from cvaelib.judge import classifier_accuracy, judge_samples, load_judge
-from cvaelib.losses import bits_per_dim
-from cvaelib.models import build_model
-from cvaelib.provenance import provenance
-from cvaelib.recipes import HIERARCHICAL, default_recipe
-from cvaelib.remedies import RemedyLoss, group_kls
-from cvaelib.train import SpeedConfig, default_device, ema_of, evaluate_loss, fit, seed_everything
+from cvaelib.judge import classifier_accuracy, load_judge
+from cvaelib.recipes import HIERARCHICAL
+from cvaelib.train import SpeedConfig, default_device
 
 
-def contenders(size: str = "small") -> dict:
-    """name -> (model, remedy and optimisation configurations, batch size): the command line's defaults.
-
-    The single-latent conv CVAE gets the hierarchical model's likelihood and learning-rate warm-up, so
-    that only the latents differ.
-    """
-    single, hierarchical = default_recipe("cifar10"), default_recipe("cifar10", "hierarchical")
-    single_model = replace(single.model, likelihood="logistic_mixture")
-    single_optim = replace(single.train, warmup_steps=HIERARCHICAL.train.warmup_steps)
-    return {
-        "single_latent": (single_model, single.remedies, single_optim, single.batch_size),
-        "hierarchical": (
-            hierarchical.model.resized(size),
-            hierarchical.remedies,
-            hierarchical.train,
-            hierarchical.batch_size,
-        ),
-    }
-
-
-def start_record(args, profile: str) -> dict:
-    """Make the output folders; the provenance of a run, taken before any work (the commit it starts from)."""
-    args.runs.mkdir(parents=True, exist_ok=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}  # not the folders it writes
-    data_note = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
-    return provenance(0.0, settings, profile=profile, data=data_note)
-
-
-def evaluate_point(model, loss, test_batches, device) -> dict:
-    """Test bits/dim (the true negative ELBO, whatever the remedy) and, for a hierarchy, the KL of each group."""
-    parts = evaluate_loss(model, loss, test_batches, device)
-    point = {"test_bits_per_dim": round(bits_per_dim(parts["nelbo"], 3 * 32 * 32), 4)}
-    kls = group_kls(parts)
-    if kls:
-        point["test_kl_groups_nats"] = [round(k, 2) for k in kls]
-    return point
-
-
-def race(
-    name,
-    settings,
-    train_images,
-    train_labels,
-    test_batches,
-    minutes,
-    eval_every,
-    runs,
-    num_epochs=10_000,
-    seed=0,
-    deadline=None,
-    device="cpu",
-):
-    """Train a contender for ``minutes`` of training time (or ``num_epochs``, whichever ends first); its state
-    (seconds, and a curve of test bits/dim and KL per group at every ``eval_every`` minutes) and model.
-
-    Each ``fit`` call trains ``eval_every`` minutes and saves the checkpoint; the next one resumes from it.
-    ``seed`` seeds the weights, the batches and the noise. With ``deadline`` (a ``time.monotonic()`` value),
-    no new ``eval_every`` chunk starts after it: then the state has ``finished`` False and the model is None,
-    and calling again goes on. Both models train with the speed switches of ``--arch hierarchical`` on
-    ``device`` (they change how fast, not what).
-    """
-    model_config, remedies, optim, batch_size = settings
-    optim = replace(optim, seed=seed)
-    seed_everything(seed)
-    model = build_model(model_config).to(device)  # a finished run is only loaded: fit never moves it
-    batches = data.Batches(train_images, train_labels, batch_size, seed=seed)
-    checkpoint, log = runs / f"{name}.pt", runs / f"{name}.json"
-    meta = {"model": asdict(model_config), "remedies": asdict(remedies), "train": asdict(optim), "batch": batch_size}
-    if checkpoint.exists():  # another setting's run under this name is refused, finished or not
-        refuse_another_run(read_checkpoint(checkpoint), meta, checkpoint, "--runs folder")
-    fresh = {"seconds": 0.0, "curve": [], "done": False, "threads": torch.get_num_threads()}
-    state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
-    loss = RemedyLoss(remedies, steps_per_epoch=len(batches))
-    ema = ema_of(model, HIERARCHICAL.ema)
-
-    def train(max_minutes):
-        history = fit(
-            model,
-            loss,
-            batches,
-            num_epochs,
-            config=optim,
-            checkpoint=checkpoint,
-            meta=meta,
-            progress=False,
-            max_minutes=max_minutes,
-            device=device,
-            speed=SpeedConfig.default("hierarchical", device),
-            ema=ema,
-        )
-        return len(history) >= num_epochs
-
-    def finished():
-        return state["done"] or state["seconds"] >= 60 * minutes - 1
-
-    while not finished():
-        if deadline is not None and time.monotonic() > deadline:
-            return {**state, "finished": False}, None
-        start = time.monotonic()
-        state["done"] = train(min(eval_every, minutes - state["seconds"] / 60))
-        state["seconds"] += time.monotonic() - start
-        saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
-        epochs = saved["epoch"] + (saved["partial"]["steps"] / len(batches) if saved.get("partial") else 0.0)
-        point = {"minutes": round(state["seconds"] / 60, 2), "epochs": round(epochs, 3)}
-        state["curve"].append({**point, **evaluate_point(ema.module.eval(), loss, test_batches, device)})
-        log.write_text(json.dumps(state))
-        print(name, state["curve"][-1], flush=True)
-    if checkpoint.exists():  # the weights at the end of training (also for a benchmark whose budget was spent)
-        saved = torch.load(checkpoint, weights_only=True, map_location=device)
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        # updates the guard skipped for a huge gradient, in each epoch: a run that skips them all has stopped learning
-        state["skipped_updates_per_epoch"] = [h.get("skipped_updates", 0) for h in saved["history"]]
-    state["trained_weights"] = evaluate_point(model.eval(), loss, test_batches, device)  # without the average
-    return {**state, "finished": True}, ema.module.eval()
-
-
-def judged(model, judge, temperatures, per_class, out_png):
+def judged(model: nn.Module, judge: nn.Module, temperatures: list[float], per_class: int, out_png: Path) -> dict:
     """Judged accuracy of ``per_class`` prior samples per class at each temperature; a grid at the best."""
-    labels = torch.arange(10).repeat_interleave(per_class)
-    scores, grids = {}, {}
-    for t in temperatures:
-        seed_everything(0)
-        samples = model.sample(labels, temperature=t, mean=True)  # the decoded image, as every chapter shows
-        scores[t] = judge_samples(judge, samples, labels)
-        grids[t] = samples.view(10, per_class, *samples.shape[1:])[:, :8].flatten(0, 1)
+    scores, samples = {}, {}
+    for t in temperatures:  # the decoded mean image, as every chapter shows; the same seed at every temperature
+        scores[t], samples[t] = draw_and_judge(judge, partial(model.sample, temperature=t, mean=True), per_class)
     best = max(scores, key=lambda t: scores[t]["accuracy"])
-    save_image(grids[best], out_png, nrow=8, padding=1, pad_value=1.0)
+    save_sample_grid(samples[best], per_class, out_png)
     return {
         "accuracy_by_temperature": {str(t): round(s["accuracy"], 4) for t, s in scores.items()},
         "best_temperature": best,
@@ -177,31 +58,8 @@ def judged(model, judge, temperatures, per_class, out_png):
     }
 
 
-def diagnosis(model, d, test_batches, out_png) -> dict:
-    """The ``diagnose`` report in figures, and for a hierarchy the figure that draws one group at a time from
-    its prior (``plots.group_resampling``, on the first 8 test images), saved to ``out_png``."""
-    record = {
-        "images": test_batches.images.shape[0],
-        "group_shapes": getattr(model, "group_shapes", None),  # (channels, height, width) of each group
-        "verdict": d["verdict"],
-        "evidence": d["evidence"],
-        "active_units": d["active_units"],
-        "latent_dim": d["latent_dim"],
-        "decoder_sensitivity": round(d["decoder_sensitivity"], 4),
-        # I(x; z | y) for one group; None for a hierarchy, whose groups give I(z_g; x, z_<g | y) each
-        "mutual_information_nats": None if d["mutual_information"] is None else round(d["mutual_information"], 3),
-        "groups": [{k: round(v, 3) if isinstance(v, float) else v for k, v in g.items()} for g in d["groups"]],
-    }
-    if len(d["groups"]) > 1:
-        x, y = (t[:8] for t in next(iter(test_batches)))
-        fig = plots.group_resampling(model, x, y)
-        fig.savefig(out_png, bbox_inches="tight", dpi=120)
-        plt.close(fig)
-        record["resampling_png"] = out_png.name
-    return record
-
-
-def main(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=60.0, help="training minutes per model")
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes of training between two test points")
@@ -213,7 +71,54 @@ def main(argv=None):
     p.add_argument("--device", default=str(default_device()), help="where to train (default: a GPU if there is one)")
     p.add_argument("--runs", type=Path, default=Path("runs/hierarchical_vs_single"))
     p.add_argument("--out", type=Path, default=Path("results/benchmark_hierarchical_vs_single.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def model_figures(
+    args: argparse.Namespace,
+    name: str,
+    contender: Contender,
+    state: dict,
+    model: nn.Module,
+    test_batches: data.Batches,
+    judge: nn.Module,
+) -> dict:
+    """A raced model's figures: its settings and curve, its diagnosis and its judged prior samples."""
+    d = diagnose(model, test_batches)  # on all the race's test images: the cap is log of the images per class
+    png = args.out.with_name(f"{args.out.stem}_{name}.png")
+    groups_png = args.out.with_name(f"{args.out.stem}_{name}_groups.png")
+    return {
+        "settings": contender.as_record(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training_minutes": round(state["seconds"] / 60, 2),
+        "training_threads": state["threads"],  # torch threads of the process that trained it
+        "curve": state["curve"],
+        "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
+        "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],
+        "speed": asdict(SpeedConfig.default("hierarchical", args.device)),
+        "ema": HIERARCHICAL.ema,
+        "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
+        "active_groups": d["active_groups"],
+        # the diagnosis's figure draws from the prior before the judged samples, which seed their own draws
+        "diagnosis": diagnosis(model, d, test_batches, groups_png),
+        "judged": judged(model, judge, args.temperatures, args.per_class, png),
+    }
+
+
+def print_table(figures: dict, gaussian: float, real: float) -> None:
+    """The record's figures as a Markdown table (the README's)."""
+    print("| model | minutes | test bits/dim | judged (best temperature) |")
+    for name, m in figures["models"].items():
+        best = m["judged"]["best_temperature"]
+        accuracy = m["judged"]["accuracy_by_temperature"][str(best)]
+        print(f"| {name} | {m['training_minutes']} | {m['test_bits_per_dim']:.3f} | {accuracy:.1%} (T={best}) |")
+    print(f"| one full-covariance Gaussian, same data | | {gaussian:.3f} | |")
+    if math.isfinite(real):
+        print(f"| real test images | | | {real:.1%} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     began, source = time.time(), start_record(args, "benchmark")
 
     train_images, train_labels = data.load("cifar10", "train")
@@ -228,56 +133,16 @@ def main(argv=None):
     print(f"one full-covariance Gaussian on the same data: {gaussian:.3f} bits/dim", flush=True)
     figures = {"gaussian_bits_per_dim": round(gaussian, 4), "judge_accuracy_on_real_test_images": round(real, 4)}
     figures["models"] = {}
-    for name, settings in contenders(args.size).items():
+    settings = RaceSettings(args.minutes, args.eval_every, args.runs, device=args.device)
+    for name, contender in contenders(args.size).items():
         if args.only and name not in args.only:
             continue
-        state, model = race(
-            name,
-            settings,
-            train_images,
-            train_labels,
-            test_batches,
-            args.minutes,
-            args.eval_every,
-            args.runs,
-            device=args.device,
-        )
-        d = diagnose(model, test_batches)  # on all the race's test images: the cap is log of the images per class
-        model_config, remedies, optim, batch_size = settings
-        figures["models"][name] = {
-            "settings": {
-                "model": asdict(model_config),
-                "remedies": asdict(remedies),
-                "train": asdict(optim),
-                "batch_size": batch_size,
-            },
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "training_minutes": round(state["seconds"] / 60, 2),
-            "training_threads": state["threads"],  # torch threads of the process that trained it
-            "curve": state["curve"],
-            "test_bits_per_dim": state["curve"][-1]["test_bits_per_dim"],
-            "trained_weights_test_bits_per_dim": state["trained_weights"]["test_bits_per_dim"],
-            "speed": asdict(SpeedConfig.default("hierarchical", args.device)),
-            "ema": HIERARCHICAL.ema,
-            "kl_groups_nats": [round(g["kl_nats"], 2) for g in d["groups"]],
-            "active_groups": d["active_groups"],
-            "diagnosis": diagnosis(model, d, test_batches, args.out.with_name(f"{args.out.stem}_{name}_groups.png")),
-            "judged": judged(
-                model, judge, args.temperatures, args.per_class, args.out.with_name(f"{args.out.stem}_{name}.png")
-            ),
-        }
+        state, model = race(name, contender, train_images, train_labels, test_batches, settings)
+        figures["models"][name] = model_figures(args, name, contender, state, model, test_batches, judge)
         print(name, json.dumps(figures["models"][name]["judged"]), flush=True)
-    record = {**source, "wall_seconds": round(time.time() - began, 1), **figures}
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.out, finish_record(source, began, figures))
     print(f"wrote {args.out}")
-    print("| model | minutes | test bits/dim | judged (best temperature) |")
-    for name, m in figures["models"].items():
-        best = m["judged"]["best_temperature"]
-        accuracy = m["judged"]["accuracy_by_temperature"][str(best)]
-        print(f"| {name} | {m['training_minutes']} | {m['test_bits_per_dim']:.3f} | {accuracy:.1%} (T={best}) |")
-    print(f"| one full-covariance Gaussian, same data | | {gaussian:.3f} | |")
-    if math.isfinite(real):
-        print(f"| real test images | | | {real:.1%} |")
+    print_table(figures, gaussian, real)
 
 
 if __name__ == "__main__":

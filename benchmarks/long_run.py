@@ -17,37 +17,46 @@ with their sha256, and the record written to ``--out``.
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
-import torch
-from torchvision.utils import save_image
+from common import (
+    CIFAR10_DATA,
+    CIFAR10_DIMS,
+    JUDGING_SEED,
+    Contender,
+    RaceSettings,
+    chosen_on_one_set,
+    contenders,
+    diagnosis,
+    draw_and_judge,
+    finish_record,
+    race,
+    save_sample_grid,
+    shipped_provenance,
+    start_record,
+    write_record,
+)
 
-sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script or loaded by the tests
-from hierarchical_vs_single import contenders, diagnosis, race, start_record  # noqa: E402
-
-from cvaelib import data  # noqa: E402
-from cvaelib.baselines import gaussian_bits_per_dim  # noqa: E402
-from cvaelib.diagnostics import diagnose  # noqa: E402
-from cvaelib.evaluate import iwae_bound, negative_elbo  # noqa: E402
-from cvaelib.fitted_prior import fit_prior, sample_with  # noqa: E402
-from cvaelib.judge import classifier_accuracy, judge_samples, load_judge  # noqa: E402
-from cvaelib.losses import bits_per_dim  # noqa: E402
-from cvaelib.provenance import RESULTS, as_json  # noqa: E402
-from cvaelib.shipped import annotate, load_shipped, ship  # noqa: E402
-from cvaelib.train import default_device, seed_everything  # noqa: E402
-
-DIMS = 3 * 32 * 32
-DATA = "CIFAR-10 training split of the offline copy: 25,000 images (half of the real one), decoded from JPEG"
+from cvaelib import data
+from cvaelib.baselines import gaussian_bits_per_dim
+from cvaelib.diagnostics import diagnose
+from cvaelib.evaluate import iwae_bound, negative_elbo
+from cvaelib.fitted_prior import fit_prior, sample_with
+from cvaelib.judge import classifier_accuracy, load_judge
+from cvaelib.losses import bits_per_dim
+from cvaelib.provenance import RESULTS, as_json
+from cvaelib.shipped import annotate, load_shipped, ship
+from cvaelib.train import default_device, seed_everything
 
 
-def settings(size: str, num_epochs: int) -> tuple:
-    """The hierarchy's (model, remedies, optimisation, batch size) of the command line, with a cosine decay of the
-    learning rate to 0 at the end of ``num_epochs`` (the length the run is planned for)."""
-    model, remedies, optim, batch_size = contenders(size)["hierarchical"]
-    return model, remedies, replace(optim, cosine_decay=True), batch_size
+def settings(size: str, num_epochs: int) -> Contender:
+    """The command line's hierarchy, with a cosine decay of the learning rate to 0 at the end of ``num_epochs``
+    (the length the run is planned for)."""
+    hierarchy = contenders(size)["hierarchical"]
+    return replace(hierarchy, train=replace(hierarchy.train, cosine_decay=True))
 
 
 def planned(runs: Path, num_epochs: int) -> list:
@@ -75,20 +84,12 @@ def with_speed(curve: list, train_images: int) -> list:
 
 def judged(model, judge, temperatures, per_class, sample=None) -> dict:
     """A temperature chosen on one set of samples and judged on another: ``per_class`` samples per class at each
-    temperature (seed 0) pick the best; fresh samples (seed 1) at that temperature give its accuracy. ``sample``
-    draws the decoded mean images of labels at a temperature (default: the model's own prior)."""
+    temperature pick the best (``chosen_on_one_set``); fresh samples at that temperature give its accuracy.
+    ``sample`` draws the decoded mean images of labels at a temperature (default: the model's own prior)."""
     sample = sample or (lambda y, t: model.sample(y, temperature=t, mean=True))
-    labels = torch.arange(10).repeat_interleave(per_class)
-
-    def score(t, seed):
-        seed_everything(seed)
-        images = sample(labels, t).cpu()
-        return judge_samples(judge, images, labels)["accuracy"], images
-
-    choosing = {t: score(t, 0)[0] for t in temperatures}
-    best = max(choosing, key=choosing.get)
-    accuracy, images = score(best, 1)
-    return {"choosing_by_temperature": choosing, "temperature": best, "judged": accuracy, "images": images}
+    choosing, best = chosen_on_one_set(judge, {t: partial(sample, t=t) for t in temperatures}, per_class)
+    verdict, images = draw_and_judge(judge, partial(sample, t=best), per_class, JUDGING_SEED)
+    return {"choosing_by_temperature": choosing, "temperature": best, "judged": verdict["accuracy"], "images": images}
 
 
 def collect(args, state, model, source, began, train_images, train_labels, test_images, test_labels) -> dict:
@@ -96,8 +97,8 @@ def collect(args, state, model, source, began, train_images, train_labels, test_
     top prior, and the shipped model with its own check figure."""
     first = data.Batches(test_images[: args.iwae_images], test_labels[: args.iwae_images], 250, shuffle=False)
     seed_everything(0)
-    iwae = bits_per_dim(iwae_bound(model, first, k=args.k), DIMS)
-    elbo_first = bits_per_dim(negative_elbo(model, first)["nelbo"], DIMS)
+    iwae = bits_per_dim(iwae_bound(model, first, k=args.k), CIFAR10_DIMS)
+    elbo_first = bits_per_dim(negative_elbo(model, first)["nelbo"], CIFAR10_DIMS)
     gaussian = gaussian_bits_per_dim(train_images, test_images)
     stats_batches = data.Batches(test_images[:2000], test_labels[:2000], 250, shuffle=False)
     groups_png = args.out.with_name(f"{args.out.stem}_groups.png")
@@ -116,13 +117,10 @@ def collect(args, state, model, source, began, train_images, train_labels, test_
         lambda y, t: sample_with(model, prior, y, temperature=t, mean=True),
     )
     for name, result in (("learned", learned), ("fitted", fitted)):
-        grid = result.pop("images").view(10, args.per_class, 3, 32, 32)[:, :8].flatten(0, 1)
-        save_image(grid, args.out.with_name(f"{args.out.stem}_{name}_prior.png"), nrow=8, padding=1, pad_value=1.0)
+        save_sample_grid(result.pop("images"), args.per_class, args.out.with_name(f"{args.out.stem}_{name}_prior.png"))
     curve = with_speed(state["curve"], len(train_labels))
-    record = {
-        **source,
-        "wall_seconds": round(time.time() - began, 1),
-        "data": DATA,
+    figures = {
+        "data": CIFAR10_DATA,
         "training_minutes": round(state["seconds"] / 60, 2),
         "training_threads": state["threads"],
         "schedule": planned(args.runs, args.epochs),
@@ -136,14 +134,19 @@ def collect(args, state, model, source, began, train_images, train_labels, test_
         "judged_learned_prior": learned,
         "judged_fitted_top_prior": {**fitted, "fit_images_per_class": args.fit_per_class},
     }
-    provenance = {k: source[k] for k in ("commit", "date", "device", "torch")}
-    about = {"dataset": "cifar10", "data": DATA, "record": args.out.name, "provenance": provenance}
+    record = finish_record(source, began, figures)
+    about = {
+        "dataset": "cifar10",
+        "data": CIFAR10_DATA,
+        "record": args.out.name,
+        "provenance": shipped_provenance(source),
+    }
     entry = ship(model, args.ship_as, {**about, "test_bits_per_dim": record["test_bits_per_dim"]}, prior, args.models)
     # the figure a test checks the shipped file against: its float16 weights' bits/dim on the first 500 test images
     shipped = load_shipped(args.ship_as, folder=args.models)
     seed_everything(0)
     check = data.Batches(test_images[:500], test_labels[:500], 250, shuffle=False)
-    check_bits = bits_per_dim(negative_elbo(shipped, check)["nelbo"], DIMS)
+    check_bits = bits_per_dim(negative_elbo(shipped, check)["nelbo"], CIFAR10_DIMS)
     annotate(args.ship_as, args.models, check_bits_per_dim_500=check_bits)
     record["shipped"] = {"name": args.ship_as, "bytes": entry["bytes"], "check_bits_per_dim_500": check_bits}
     return as_json(record)
@@ -172,20 +175,12 @@ def main(argv=None):
     test_images, test_labels = (t[: args.test_images] for t in data.load("cifar10", "test"))
     test_batches = data.Batches(test_images, test_labels, 500, shuffle=False)
     planned(args.runs, args.epochs)  # before training: a new length takes over where the run stands
+    budget = RaceSettings(args.minutes, args.eval_every, args.runs, num_epochs=args.epochs, device=args.device)
     state, model = race(
-        "hierarchical",
-        settings(args.size, args.epochs),
-        train_images,
-        train_labels,
-        test_batches,
-        args.minutes,
-        args.eval_every,
-        args.runs,
-        num_epochs=args.epochs,
-        device=args.device,
+        "hierarchical", settings(args.size, args.epochs), train_images, train_labels, test_batches, budget
     )
     record = collect(args, state, model.cpu(), source, began, train_images, train_labels, test_images, test_labels)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.out, record)
     print(f"wrote {args.out}; the curve (training minutes, epochs, images/s, test bits/dim):")
     for point in record["curve"]:
         speed, bits = point["images_per_second"], point["test_bits_per_dim"]

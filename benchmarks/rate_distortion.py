@@ -15,10 +15,11 @@ Each model is checkpointed in ``--runs``, so an interrupted run resumes; the fig
 """
 
 import argparse
-import json
 import time
 from functools import partial
 from pathlib import Path
+
+from common import finish_record, write_record
 
 from cvaelib import VAE, data
 from cvaelib.evaluate import negative_elbo
@@ -75,9 +76,9 @@ def main(argv=None) -> dict:
         points.append({"beta": beta, "rate_nats": test["kl"], "distortion_nats": test["recon"]})
         print(f"beta {beta:g}: rate {test['kl']:.2f} nats, distortion {test['recon']:.2f} nats", flush=True)
 
-    record = {**source, "wall_seconds": round(time.time() - began, 1), "points": as_json(points)}
+    record = finish_record(source, began, {"points": as_json(points)})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.out, record)
     print(f"wrote {args.out}")
     print("| beta | rate R (nats) | distortion D (nats) | -ELBO = D + R |")
     for point in points:

@@ -21,25 +21,30 @@ beside it (its first seed). ``--device`` trains on a GPU where there is one.
 
 import argparse
 import json
-import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from common import (
+    Contender,
+    RaceSettings,
+    contenders,
+    finish_record,
+    first_of_each_class,
+    race,
+    start_record,
+    write_record,
+)
 from scipy import stats
 from torchvision.utils import make_grid, save_image
 
-sys.path.insert(0, str(Path(__file__).parent))  # its sibling, run as a script or loaded by the tests
-from hierarchical_vs_single import race, start_record  # noqa: E402
-
-from cvaelib import data  # noqa: E402
+from cvaelib import data
 from cvaelib.baselines import gaussian_bits_per_dim
-from cvaelib.diagnostics import compare  # noqa: E402
-from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge  # noqa: E402
-from cvaelib.recipes import default_recipe  # noqa: E402
-from cvaelib.remedies import RemedyConfig, chapter_settings  # noqa: E402
-from cvaelib.train import default_device  # noqa: E402
+from cvaelib.diagnostics import compare
+from cvaelib.judge import classifier_accuracy, frechet_distance, load_judge
+from cvaelib.remedies import RemedyConfig, chapter_settings
+from cvaelib.train import default_device
 
 ONE_SEED = {"beta_1e-5"}  # its bound already says what it is: an autoencoder that pays for every nat
 SUMMARISED = ("bits_per_dim", "active_groups", "judged")  # the figures given with a mean and an interval
@@ -101,7 +106,8 @@ def _mean_and_interval(s: dict) -> str:
     return f"{s['mean']:.3f}" + ("" if s["interval"] is None else f" [{s['interval'][0]:.3f}, {s['interval'][1]:.3f}]")
 
 
-def main(argv=None) -> dict | None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-class", type=int, default=1000, help="training images per class")
     p.add_argument("--epochs", type=int, default=2, help="epochs per remedy: the budget")
@@ -123,9 +129,25 @@ def main(argv=None) -> dict | None:
     p.add_argument("--device", default=str(default_device()), help="where to train (default: a GPU if there is one)")
     p.add_argument("--runs", type=Path, default=Path("runs/remedy_table"))
     p.add_argument("--out", type=Path, default=Path("results/04_cvae_cifar10.json"))
-    args = p.parse_args(argv)
-    began, source = time.time(), start_record(args, "budget")
+    return p.parse_args(argv)
 
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every run of the table trains, is tested and is judged on: loaded once, before the first run."""
+
+    all_images: torch.Tensor  # the whole training split, as loaded: the Gaussian yardstick is fitted to it
+    train_images: torch.Tensor  # the --per-class images of each class that the models train on
+    train_labels: torch.Tensor
+    test_images: torch.Tensor  # the first test images (at most --test-images), which test the models
+    test_batches: data.Batches
+    real_ref: torch.Tensor  # --samples-per-class real images per class, the Fréchet distance's reference
+    judge: torch.nn.Module
+    real: float  # the judge's accuracy on the real reference images
+
+
+def load_inputs(args: argparse.Namespace) -> Inputs:
+    """The training subset, the test images and the judge with its real reference, as chapter 4 splits them."""
     all_images, all_labels = data.load("cifar10", "train")
     train_images, train_labels = data.stratified_subset(all_images, all_labels, args.per_class)
     test_images, test_labels = data.load("cifar10", "test")
@@ -138,44 +160,39 @@ def main(argv=None) -> dict | None:
     judge, _ = load_judge("cifar10", args.device)
     real = classifier_accuracy(judge, real_images, real_labels, args.device)
     print(f"judge: {real:.1%} of {len(real_images)} real test images", flush=True)
+    return Inputs(all_images, train_images, train_labels, test_images[:n], test_batches, real_ref, judge, real)
 
-    recipe = default_recipe("cifar10", "hierarchical")
-    model_config, optim, batch_size = (
-        recipe.model.resized(args.size),
-        recipe.train,
-        recipe.batch_size,
-    )
-    remedies = chapter_settings(args.warmup, args.free_bits)
+
+def remedy_rows(args: argparse.Namespace, hierarchy: Contender, inputs: Inputs) -> tuple[dict, list] | None:
+    """Train (or resume) and judge every run asked for: each remedy's row of seeds, and the grid of its first
+    seed's samples. None when ``--max-minutes`` stopped this call before the last run had finished."""
     deadline = None if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
+    minutes = args.minutes or float("inf")  # no limit: the epochs are the budget
+    budget = RaceSettings(
+        minutes, args.eval_every, args.runs, num_epochs=args.epochs, deadline=deadline, device=args.device
+    )
     rows, grids = {}, []
-    for name, remedy in remedies.items():
+    for name, remedy in chapter_settings(args.warmup, args.free_bits).items():
         if args.only and name not in args.only:
             continue
-        config = RemedyConfig(**remedy)
+        contender = replace(hierarchy, remedies=RemedyConfig(**remedy))
         seeds = []
         for seed in range(1 if name in ONE_SEED else args.seeds):
             if args.only_seeds and seed not in args.only_seeds:
                 continue
             state, model = race(
                 f"{name}_seed{seed}",
-                (model_config, config, optim, batch_size),
-                train_images,
-                train_labels,
-                test_batches,
-                args.minutes or float("inf"),
-                args.eval_every,
-                args.runs,
-                args.epochs,
-                seed=seed,
-                deadline=deadline,
-                device=args.device,
+                contender,
+                inputs.train_images,
+                inputs.train_labels,
+                inputs.test_batches,
+                replace(budget, seed=seed),
             )
             if not state["finished"]:
                 print(f"stopped after {args.max_minutes:g} minutes; run the same command again to go on", flush=True)
                 return None
-            row, samples = judged_run(
-                model, args.runs / f"{name}_seed{seed}_figures", judge, test_batches, real_ref, args
-            )
+            run = args.runs / f"{name}_seed{seed}_figures"
+            row, samples = judged_run(model, run, inputs.judge, inputs.test_batches, inputs.real_ref, args)
             seeds.append(
                 {
                     "seed": seed,
@@ -187,42 +204,62 @@ def main(argv=None) -> dict | None:
             )
             print(name, json.dumps({k: v for k, v in seeds[-1].items() if k != "curve"}), flush=True)
             if seed == 0:  # the grid shows the first seed's samples
-                keep = torch.cat(
-                    [torch.arange(min(4, args.samples_per_class)) + c * args.samples_per_class for c in range(10)]
-                )
-                grids.append(make_grid(samples[keep], nrow=min(4, args.samples_per_class), padding=1, pad_value=1.0))
+                first = first_of_each_class(samples, args.samples_per_class, 4)
+                grids.append(make_grid(first, nrow=min(4, args.samples_per_class), padding=1, pad_value=1.0))
         # the first seed's figures at the top (its curve and grid are the ones shown), then every seed's
         if seeds:
-            rows[name] = {"remedy": asdict(config), **seeds[0], "seeds": seeds, "intervals": summary(seeds)}
-    if (
-        args.only or args.only_seeds
-    ):  # a part of the table: its runs are kept in --runs, and the last call writes the record
-        print(f"trained and judged {', '.join(rows)}; run without --only to write {args.out}", flush=True)
-        return None
-    gaussian = gaussian_bits_per_dim(all_images, test_images[:n])  # the yardstick on this very data
+            rows[name] = {"remedy": asdict(contender.remedies), **seeds[0], "seeds": seeds, "intervals": summary(seeds)}
+    return rows, grids
+
+
+def table_figures(
+    args: argparse.Namespace, hierarchy: Contender, inputs: Inputs, rows: dict, grids: list, gaussian: float
+) -> dict:
+    """The table's figures for the record (``gaussian``: the same-data Gaussian's bits/dim), beside the grid of
+    samples they save (one column per remedy)."""
     png = args.out.with_name(f"{args.out.stem}_remedy_samples.png")
     save_image(torch.stack(grids), png, nrow=len(grids), padding=4, pad_value=1.0)
-    record = {
-        **source,
-        "steps_per_epoch": len(data.Batches(train_images, train_labels, batch_size)),
-        "wall_seconds": round(time.time() - began, 1),
+    test_images = inputs.test_images.float() / 255
+    return {
+        "steps_per_epoch": len(data.Batches(inputs.train_images, inputs.train_labels, hierarchy.batch_size)),
         "runs_training_minutes": round(sum(s["training_minutes"] for r in rows.values() for s in r["seeds"]), 1),
-        "model": asdict(model_config),
-        "train": {**asdict(optim), "batch_size": batch_size},
+        "model": asdict(hierarchy.model),
+        "train": {**asdict(hierarchy.train), "batch_size": hierarchy.batch_size},
         "gaussian_bits_per_dim": round(gaussian, 4),
-        "gaussian_training_images": len(all_images),  # the training split it was fitted to, as loaded
-        "judge_accuracy_on_real_test_images": round(real, 4),
-        "frechet_distance_real_vs_real": round(frechet_distance(judge, real_ref, test_images[:n].float() / 255), 2),
+        "gaussian_training_images": len(inputs.all_images),  # the training split it was fitted to, as loaded
+        "judge_accuracy_on_real_test_images": round(inputs.real, 4),
+        "frechet_distance_real_vs_real": round(frechet_distance(inputs.judge, inputs.real_ref, test_images), 2),
         "samples_png": png.name,
         "remedies": rows,
     }
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out} and {png}")
+
+
+def print_table(rows: dict, gaussian: float) -> None:
+    """The table in Markdown (the README's): each remedy's mean over its seeds and 95 % interval."""
     print("| remedy | seeds | bits/dim | active groups | judged |  (mean [95 % interval])")
     for name, r in rows.items():
         cells = [_mean_and_interval(r["intervals"][k]) for k in SUMMARISED]
         print(f"| {name} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     print(f"| one full-covariance Gaussian, same data | | {gaussian:.3f} | | |")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    began, source = time.time(), start_record(args, "budget")
+    inputs = load_inputs(args)
+    hierarchy = contenders(args.size)["hierarchical"]  # each remedy's run replaces its remedies
+    done = remedy_rows(args, hierarchy, inputs)
+    if done is None:  # stopped by --max-minutes: its runs are kept in --runs, and the same command goes on
+        return None
+    rows, grids = done
+    if args.only or args.only_seeds:  # a part of the table: its runs are kept in --runs, and the last call writes it
+        print(f"trained and judged {', '.join(rows)}; run without --only to write {args.out}", flush=True)
+        return None
+    gaussian = gaussian_bits_per_dim(inputs.all_images, inputs.test_images)  # the yardstick on this very data
+    record = finish_record(source, began, table_figures(args, hierarchy, inputs, rows, grids, gaussian))
+    write_record(args.out, record)
+    print(f"wrote {args.out} and {args.out.with_name(record['samples_png'])}")
+    print_table(rows, gaussian)
     return record
 
 

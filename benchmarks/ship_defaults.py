@@ -11,26 +11,17 @@ samples, judged again on a second) with these figures in its manifest entry and 
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import torch
+from common import JUDGING_SEED, chosen_on_one_set, judged_accuracy, record_at_end, shipped_provenance, write_record
 
 from cvaelib import data, load_checkpoint
 from cvaelib.cli import main as cli
 from cvaelib.fitted_prior import FittedPrior, fit_prior, sample_with
-from cvaelib.judge import classifier_accuracy, judge_samples, load_judge, reconstructions_judged
+from cvaelib.judge import classifier_accuracy, load_judge, reconstructions_judged
 from cvaelib.provenance import RESULTS, as_json, provenance
 from cvaelib.shipped import ship
-from cvaelib.train import seed_everything
-
-
-def judged(judge, sample, per_class: int, seed: int) -> float:
-    """The judge's accuracy on ``per_class`` samples per class from ``sample(labels)``, drawn with ``seed``."""
-    labels = torch.arange(10).repeat_interleave(per_class)
-    seed_everything(seed)
-    return judge_samples(judge, sample(labels).cpu(), labels)["accuracy"]
 
 
 def ship_default(dataset: str, runs: Path, components: int, per_class: int, models: Path, quick=()) -> dict:
@@ -50,21 +41,20 @@ def ship_default(dataset: str, runs: Path, components: int, per_class: int, mode
     def draw(prior):
         return lambda y: sample_with(model, prior, y)
 
-    # the prior that ships is chosen on one set of samples (seed 0) and judged on another (seed 1)
-    choosing = {k: judged(judge, draw(p), per_class, 0) for k, p in priors.items()}
-    best = max(choosing, key=choosing.get)
+    # the prior that ships is chosen on one set of samples and judged on another
+    choosing, best = chosen_on_one_set(judge, {k: draw(p) for k, p in priors.items()}, per_class)
     figures = {
         "command_seconds": seconds,
         "test_negative_elbo_nats": model.meta["history"][-1]["test_nelbo"],
         "judge_on_real_test": classifier_accuracy(judge, test_images, test_labels),
         "reconstructions_judged": reconstructions_judged(judge, model, test_images[:2000], test_labels[:2000]),
-        "learned_prior_judged": judged(judge, model.sample, per_class, 1),
+        "learned_prior_judged": judged_accuracy(judge, model.sample, per_class, JUDGING_SEED),
         "fitted_prior_choosing": choosing,
         "fitted_prior_components": int(best),
-        "fitted_prior_judged": judged(judge, draw(priors[best]), per_class, 1),
+        "fitted_prior_judged": judged_accuracy(judge, draw(priors[best]), per_class, JUDGING_SEED),
         "samples_per_class": per_class,
     }
-    about = {k: v for k, v in provenance(0.0, {}).items() if k in ("commit", "date", "device", "torch")}
+    about = shipped_provenance(provenance(0.0, {}))
     record = {"dataset": dataset, "recipe": "recipes.default_recipe", "provenance": about, "figures": as_json(figures)}
     entry = ship(model, f"{dataset}_default", record, priors[best], models)
     return {**figures, "bytes": entry["bytes"], "sha256": entry["sha256"]}
@@ -83,16 +73,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     quick = [w for flag, v in (("--subset", args.subset), ("--epochs", args.epochs)) if v for w in (flag, str(v))]
     began = time.time()
-    settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
     results = {
         d: ship_default(d, args.runs, args.components, args.samples_per_class, args.models, quick)
         for d in args.datasets
     }
-    record = {
-        **provenance(time.time() - began, settings, profile="benchmark", threads=torch.get_num_threads()),
-        "models": results,
-    }
-    args.out.write_text(json.dumps(as_json(record), indent=1) + "\n")
+    write_record(args.out, as_json(record_at_end(args, began, models=results)))
     for d, r in results.items():
         print(
             f"{d}: learned prior {r['learned_prior_judged']:.1%}, fitted ({r['fitted_prior_components']} per class) "

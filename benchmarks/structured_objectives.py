@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from common import write_record  # noqa: E402
 
 from cvaelib import data, plots  # noqa: E402
 from cvaelib.provenance import as_json, provenance  # noqa: E402
@@ -132,7 +133,7 @@ def train_and_evaluate(name, args, train, test, out_of_time):
         resumed=resumed,
         last_epoch=as_json(history[-1]),
     )
-    figures_path.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(figures_path, record)
     return record
 
 
@@ -190,7 +191,7 @@ def main(argv=None):
         print(f"{len(records)} of {len(ALL_MODELS)} models done; {args.out} is written once all are")
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(collect(records, args), indent=1) + "\n")
+    write_record(args.out, collect(records, args))
     print(f"wrote {args.out}")
 
 

@@ -146,7 +146,8 @@ def _child(args):
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
-def main(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them; ``--one`` and ``--one-quality`` are a child's)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--steps", type=int, default=50, help="timed training steps per configuration")
@@ -161,35 +162,18 @@ def main(argv=None):
     p.add_argument("--train-size", type=int, help="time to quality on the first N training images (default all)")
     p.add_argument("--one", nargs=2, metavar=("DATASET", "LOOP"), help=argparse.SUPPRESS)  # a child run
     p.add_argument("--one-quality", metavar="LOOP", help=argparse.SUPPRESS)  # a child run
-    a = p.parse_args(argv)
-    switches = dict(bf16=a.bf16, channels_last=a.channels_last, compile=a.compile)
-    if a.one:
-        print(json.dumps(measure(*a.one, a.steps, a.batch_size, a.device, a.workers, **switches)))
-        return None
-    if a.one_quality:
-        print(
-            json.dumps(
-                time_to_quality(
-                    a.one_quality, a.quality, a.max_epochs, a.batch_size, a.device, a.workers, a.train_size, **switches
-                )
-            )
-        )
-        return None
-    flags = [f"--{k.replace('_', '-')}" for k, on in switches.items() if on]
-    # The usual loop (DataLoader, no switches) first; then cvaelib; then both with the switches, if any.
-    configs = [("DataLoader", []), ("cvaelib", [])] + ([("DataLoader", flags), ("cvaelib", flags)] if flags else [])
-    common = ["--batch-size", str(a.batch_size), "--device", a.device, "--workers", str(a.workers)]
-    print(
-        f"device {a.device}, batch {a.batch_size}, DataLoader workers {a.workers}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    return p.parse_args(argv)
+
+
+def throughput_rows(a: argparse.Namespace, configs: list, options: list) -> list[dict]:
+    """Images per second of each configuration on each dataset, each in a fresh process, printed as they come."""
     print(f"\nthroughput, {a.steps} timed steps; x usual = images/s over the DataLoader loop's without switches")
     print(f"{'dataset':<14} {'loop':<11} {'switches':<30} {'img/s':>8} {'x usual':>8} {'peak MB':>8}")
     rows = []
     for dataset in a.datasets:
         usual = None
         for loop, extra in configs:
-            r = _child(["--one", dataset, loop, "--steps", str(a.steps), *common, *extra])
+            r = _child(["--one", dataset, loop, "--steps", str(a.steps), *options, *extra])
             r["switches"] = " ".join(extra) or "none"
             usual = usual or r["images_per_s"]
             r["speedup"] = r["images_per_s"] / usual
@@ -199,34 +183,65 @@ def main(argv=None):
                 f"{r['peak_mb']:>8.0f}",
                 flush=True,
             )
+    return rows
+
+
+def quality_rows(a: argparse.Namespace, configs: list, options: list) -> list[dict]:
+    """Training seconds of each configuration until MNIST's test negative ELBO < ``--quality``, each in a fresh
+    process, printed as they come."""
+    print(f"\ntime to quality: MNIST default model, training seconds until test negative ELBO < {a.quality:g} nats")
+    print(f"{'loop':<11} {'switches':<30} {'seconds':>8} {'epochs':>7} {'test nELBO':>11} {'x usual':>8}")
+    rows, usual = [], None
+    for loop, extra in configs:
+        r = _child(
+            [
+                "--one-quality",
+                loop,
+                "--quality",
+                str(a.quality),
+                "--max-epochs",
+                str(a.max_epochs),
+                *(["--train-size", str(a.train_size)] if a.train_size else []),
+                *options,
+                *extra,
+            ]
+        )
+        r["switches"] = " ".join(extra) or "none"
+        usual = usual or r["seconds"]
+        r["speedup"] = usual / r["seconds"]
+        rows.append(r)
+        reached = "" if r["reached"] else " (not reached)"
+        print(
+            f"{loop:<11} {r['switches']:<30} {r['seconds']:>8.1f} {r['epochs']:>7} {r['test_nelbo']:>11.1f} "
+            f"{r['speedup']:>8.2f}{reached}",
+            flush=True,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    a = parse_args(argv)
+    switches = dict(bf16=a.bf16, channels_last=a.channels_last, compile=a.compile)
+    if a.one:  # a child: one configuration's throughput, as JSON
+        print(json.dumps(measure(*a.one, a.steps, a.batch_size, a.device, a.workers, **switches)))
+        return None
+    if a.one_quality:  # a child: one configuration's time to quality, as JSON
+        result = time_to_quality(
+            a.one_quality, a.quality, a.max_epochs, a.batch_size, a.device, a.workers, a.train_size, **switches
+        )
+        print(json.dumps(result))
+        return None
+    flags = [f"--{k.replace('_', '-')}" for k, on in switches.items() if on]
+    # The usual loop (DataLoader, no switches) first; then cvaelib; then both with the switches, if any.
+    configs = [("DataLoader", []), ("cvaelib", [])] + ([("DataLoader", flags), ("cvaelib", flags)] if flags else [])
+    options = ["--batch-size", str(a.batch_size), "--device", a.device, "--workers", str(a.workers)]
+    print(
+        f"device {a.device}, batch {a.batch_size}, DataLoader workers {a.workers}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    rows = throughput_rows(a, configs, options)
     if a.quality is not None:
-        print(f"\ntime to quality: MNIST default model, training seconds until test negative ELBO < {a.quality:g} nats")
-        print(f"{'loop':<11} {'switches':<30} {'seconds':>8} {'epochs':>7} {'test nELBO':>11} {'x usual':>8}")
-        usual = None
-        for loop, extra in configs:
-            r = _child(
-                [
-                    "--one-quality",
-                    loop,
-                    "--quality",
-                    str(a.quality),
-                    "--max-epochs",
-                    str(a.max_epochs),
-                    *(["--train-size", str(a.train_size)] if a.train_size else []),
-                    *common,
-                    *extra,
-                ]
-            )
-            r["switches"] = " ".join(extra) or "none"
-            usual = usual or r["seconds"]
-            r["speedup"] = usual / r["seconds"]
-            rows.append(r)
-            reached = "" if r["reached"] else " (not reached)"
-            print(
-                f"{loop:<11} {r['switches']:<30} {r['seconds']:>8.1f} {r['epochs']:>7} {r['test_nelbo']:>11.1f} "
-                f"{r['speedup']:>8.2f}{reached}",
-                flush=True,
-            )
+        rows += quality_rows(a, configs, options)
     return rows
 
 

@@ -16,7 +16,6 @@ blurred, and these say how much blur the target leaves room for.
 """
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 import torch.nn.functional as F
+from common import judged_accuracy, record_at_end, write_record
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,9 +31,9 @@ from cvaelib import data
 from cvaelib.cli import main as cli
 from cvaelib.evaluate import gather_groups, kl_split
 from cvaelib.fitted_prior import fit_prior, sample_with
-from cvaelib.judge import accuracy_under_blur, classifier_accuracy, judge_samples, load_judge, reconstructions_judged
+from cvaelib.judge import accuracy_under_blur, classifier_accuracy, load_judge, reconstructions_judged
 from cvaelib.models import build_model
-from cvaelib.provenance import as_json, provenance
+from cvaelib.provenance import as_json
 from cvaelib.recipes import default_recipe
 from cvaelib.remedies import RemedyLoss
 from cvaelib.train import SpeedConfig, fit, seed_everything
@@ -88,12 +88,6 @@ def _weights(model: nn.Module) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _judged(judge, sample, samples_per_class, seed=0):
-    torch.manual_seed(seed)
-    requested = torch.arange(10).repeat_interleave(samples_per_class)
-    return judge_samples(judge, sample(requested).cpu(), requested)["accuracy"]
-
-
 @torch.no_grad()
 def fitted_prior_judged(judge, model, images, labels, samples_per_class, components) -> dict:
     """For each number of ``components``: the seconds that fitting a prior per class to the codes of ``images``
@@ -107,7 +101,7 @@ def fitted_prior_judged(judge, model, images, labels, samples_per_class, compone
         start = time.perf_counter()
         prior = fit_prior(model.eval(), batches, components=k)
         seconds = time.perf_counter() - start
-        accuracy = _judged(judge, lambda y, prior=prior: sample_with(model, prior, y), samples_per_class)
+        accuracy = judged_accuracy(judge, lambda y, prior=prior: sample_with(model, prior, y), samples_per_class)
         figures[k] = {"fit_seconds": seconds, "judged": accuracy}
     return figures
 
@@ -140,7 +134,7 @@ def peer_curve(dataset, judge, epochs, samples_per_class, train_size=None):
             optimizer.step()
         seconds += time.perf_counter() - start
         model.eval()
-        curve.append((seconds, _judged(judge, model.sample, samples_per_class)))
+        curve.append((seconds, judged_accuracy(judge, model.sample, samples_per_class)))
     return curve
 
 
@@ -188,7 +182,7 @@ def default_curve(recipe, dataset, judge, epochs, samples_per_class, train_size,
     curve = []
     for seconds, weights in snapshots:
         model.load_state_dict(weights)
-        curve.append((seconds, _judged(judge, model.eval().sample, samples_per_class)))
+        curve.append((seconds, judged_accuracy(judge, model.eval().sample, samples_per_class)))
     return (
         curve,
         reconstructions_judged(judge, model, *test),
@@ -251,7 +245,14 @@ def _seconds(value):
     return "not reached" if value is None else f"{value:.0f} s"
 
 
-def main(argv=None):
+def changes(a: argparse.Namespace) -> str:
+    """What ``--latent-dim`` and ``--beta`` change in the default recipe, in words ("" for the default itself)."""
+    return ", ".join(f"{k} {v:g}" for k, v in [("latent_dim", a.latent_dim), ("beta", a.beta)] if v is not None)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them); a changed default without ``--no-command`` is refused
+    before any work, as the command would time the unchanged one."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"], choices=sorted(TARGETS))
     p.add_argument("--peer-epochs", type=int, default=20, help="pytorch/examples trains 10; 20 gives it time")
@@ -265,10 +266,78 @@ def main(argv=None):
     p.add_argument("--components", type=int, nargs="+", default=[1, 10], help="Gaussians per class of fitted priors")
     p.add_argument("--out", type=Path, help="also write the figures, with their provenance, to this JSON file")
     a = p.parse_args(argv)
-    began = time.time()
-    changed = ", ".join(f"{k} {v:g}" for k, v in [("latent_dim", a.latent_dim), ("beta", a.beta)] if v is not None)
-    if changed and not a.no_command:
+    if changes(a) and not a.no_command:
         p.error("--latent-dim and --beta change the default; the command times the unchanged one: add --no-command")
+    return a
+
+
+def print_default_model(r: dict) -> None:
+    """What the default's final model draws: its reconstructions, its samples from the fitted priors, its KL split."""
+    reconstructed = r["default_reconstructions_judged"]
+    print(
+        f"  the default's reconstructions of 2,000 real test images: judged {100 * reconstructed:.1f} % (the same"
+        " decoder, given each image's own z: its prior samples are not sharper)"
+    )
+    for k, f in r["default_fitted_prior"].items():
+        kind = "one Gaussian" if k == 1 else f"a mixture of {k} Gaussians"
+        print(
+            f"  its samples with z from {kind} per class fitted to the training images' codes: judged "
+            f"{100 * f['judged']:.1f} % (fitted in {f['fit_seconds']:.1f} s; its learned prior is diagonal)"
+        )
+    split = r["default_kl_split"]
+    print(
+        "  its average KL on the training images, per class: "
+        + ", ".join(f"{e['kl_nats']:.2f}" for e in split)
+        + " nats = I(x; z | y) "
+        + ", ".join(f"{e['mutual_information_nats']:.2f}{'*' if e['at_cap'] else ''}" for e in split)
+        + " + KL(q(z|y) || p(z|y)) "
+        + ", ".join(f"{e['marginal_kl_nats']:.2f}" for e in split)
+        + " (* at the cap, log of the images per class)"
+    )
+
+
+def print_times(r: dict) -> None:
+    """The seconds each reaches the peer's final accuracy and the target in, and the whole command's."""
+    ratio = (r["peer_to_peer_final"] / r["default_to_peer_final"]) if r["default_to_peer_final"] else None
+    print(
+        f"  time to the peer's final {100 * r['peer_final']:.1f} %: default {_seconds(r['default_to_peer_final'])},"
+        f" peer {_seconds(r['peer_to_peer_final'])}" + (f" (the default {ratio:.1f}x as fast)" if ratio else "")
+    )
+    met = r["default_to_target"] is not None and r["default_to_target"] <= r["budget_seconds"]
+    print(
+        f"  time to {100 * r['target']:.1f} %: default {_seconds(r['default_to_target'])} "
+        f"(target: within {r['budget_seconds']} s; {'met' if met else 'not met'})"
+    )
+    for k, seconds in r["fitted_to_target"].items():
+        print(f"  time to {100 * r['target']:.1f} % with {k} fitted Gaussian(s) per class: {_seconds(seconds)}")
+    if r["command_seconds"] is not None:
+        print(f"  python -m cvaelib train --dataset {r['dataset']}: {r['command_seconds']:.0f} s in all")
+
+
+def print_result(r: dict, samples_per_class: int, changed: str) -> None:
+    """One dataset's figures in words: the judge, both curves, the default's final model, the times."""
+    print(
+        f"\n{r['dataset']}: judge {100 * r['judge_on_real_test']:.1f} % on real test images; "
+        f"{samples_per_class} prior samples per class judged after every epoch"
+        + (f"; 'default' below is the default trained with {changed}" if changed else "")
+    )
+    blurred = r["judge_on_blurred_test"]
+    print(
+        "  the judge on the same images blurred by a Gaussian of "
+        + " / ".join(f"{s:g}" for s in blurred)
+        + " pixels: "
+        + " / ".join(f"{100 * acc:.1f} %" for acc in blurred.values())
+        + " (how much blur its target leaves room for)"
+    )
+    for name in ("default", "peer"):
+        print(f"  {name:8s} " + "  ".join(f"{s:.0f}s:{100 * acc:.1f}%" for s, acc in r[name]))
+    print_default_model(r)
+    print_times(r)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    a = parse_args(argv)
+    began, changed = time.time(), changes(a)
     results = []
     for dataset in a.datasets:
         r = run(
@@ -282,62 +351,9 @@ def main(argv=None):
             a.components,
         )
         results.append(r)
-        print(
-            f"\n{dataset}: judge {100 * r['judge_on_real_test']:.1f} % on real test images; "
-            f"{a.samples_per_class} prior samples per class judged after every epoch"
-            + (f"; 'default' below is the default trained with {changed}" if changed else "")
-        )
-        blurred = r["judge_on_blurred_test"]
-        print(
-            "  the judge on the same images blurred by a Gaussian of "
-            + " / ".join(f"{s:g}" for s in blurred)
-            + " pixels: "
-            + " / ".join(f"{100 * acc:.1f} %" for acc in blurred.values())
-            + " (how much blur its target leaves room for)"
-        )
-        for name in ("default", "peer"):
-            print(f"  {name:8s} " + "  ".join(f"{s:.0f}s:{100 * acc:.1f}%" for s, acc in r[name]))
-        reconstructed = r["default_reconstructions_judged"]
-        print(
-            f"  the default's reconstructions of 2,000 real test images: judged {100 * reconstructed:.1f} % (the same"
-            " decoder, given each image's own z: its prior samples are not sharper)"
-        )
-        for k, f in r["default_fitted_prior"].items():
-            kind = "one Gaussian" if k == 1 else f"a mixture of {k} Gaussians"
-            print(
-                f"  its samples with z from {kind} per class fitted to the training images' codes: judged "
-                f"{100 * f['judged']:.1f} % (fitted in {f['fit_seconds']:.1f} s; its learned prior is diagonal)"
-            )
-        split = r["default_kl_split"]
-        print(
-            "  its average KL on the training images, per class: "
-            + ", ".join(f"{e['kl_nats']:.2f}" for e in split)
-            + " nats = I(x; z | y) "
-            + ", ".join(f"{e['mutual_information_nats']:.2f}{'*' if e['at_cap'] else ''}" for e in split)
-            + " + KL(q(z|y) || p(z|y)) "
-            + ", ".join(f"{e['marginal_kl_nats']:.2f}" for e in split)
-            + " (* at the cap, log of the images per class)"
-        )
-        ratio = (r["peer_to_peer_final"] / r["default_to_peer_final"]) if r["default_to_peer_final"] else None
-        print(
-            f"  time to the peer's final {100 * r['peer_final']:.1f} %: default {_seconds(r['default_to_peer_final'])},"
-            f" peer {_seconds(r['peer_to_peer_final'])}" + (f" (the default {ratio:.1f}x as fast)" if ratio else "")
-        )
-        met = r["default_to_target"] is not None and r["default_to_target"] <= r["budget_seconds"]
-        print(
-            f"  time to {100 * r['target']:.1f} %: default {_seconds(r['default_to_target'])} "
-            f"(target: within {r['budget_seconds']} s; {'met' if met else 'not met'})"
-        )
-        for k, seconds in r["fitted_to_target"].items():
-            print(f"  time to {100 * r['target']:.1f} % with {k} fitted Gaussian(s) per class: {_seconds(seconds)}")
-        if r["command_seconds"] is not None:
-            print(f"  python -m cvaelib train --dataset {dataset}: {r['command_seconds']:.0f} s in all")
+        print_result(r, a.samples_per_class, changed)
     if a.out is not None:
-        settings = {k: v for k, v in vars(a).items() if k != "out"}
-        record = provenance(
-            time.time() - began, settings, profile="benchmark", threads=torch.get_num_threads(), results=results
-        )
-        a.out.write_text(json.dumps(as_json(record), indent=1) + "\n")
+        write_record(a.out, as_json(record_at_end(a, began, results=results)))
         print(f"wrote {a.out}")
     return results
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_record
 
 from cvaelib import data
 from cvaelib.judge import CHECK_IMAGES, classifier_accuracy, train_classifier
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
         }
         seconds = index[name]["wall_seconds"]
         print(f"{name}: {test_accuracy:.2%} on {len(test_images)} real test images, {seconds:.0f} s")
-        index_path.write_text(json.dumps(index, indent=1) + "\n")
+        write_record(index_path, index)
     return index
 
 

@@ -70,14 +70,14 @@ def test_throughput_runs(data_root, capsys):
 
 def test_time_to_quality_runs(data_root, tmp_path, capsys, monkeypatch):
     module = _load("time_to_quality")
-    judged_weights, judged = [], module._judged
+    judged_weights, judged = [], module.judged_accuracy
 
     def judged_keeping_weights(judge, sample, samples_per_class, seed=0):
         if hasattr(sample, "__self__"):  # a model's own sample (the fitted priors' samplers are functions)
             judged_weights.append(torch.cat([p.detach().flatten() for p in sample.__self__.parameters()]))
         return judged(judge, sample, samples_per_class, seed)
 
-    monkeypatch.setattr(module, "_judged", judged_keeping_weights)
+    monkeypatch.setattr(module, "judged_accuracy", judged_keeping_weights)
     results = module.main(
         [
             "--datasets",
@@ -220,7 +220,8 @@ def test_remedy_table_runs(data_root, tmp_path, monkeypatch):
     # the collecting call is short; the record says what the runs it collected took
     minutes = sum(s["training_minutes"] for r in record["remedies"].values() for s in r["seeds"])
     assert record["runs_training_minutes"] == pytest.approx(minutes, abs=0.05)
-    assert f"runs that trained for {minutes:.0f} minutes in all" in source_line(record)
+    # the line formats the record's figure (rounded to 0.1 first), not the sum itself
+    assert f"runs that trained for {record['runs_training_minutes']:.0f} minutes in all" in source_line(record)
 
 
 def test_mean_interval_is_students_t():

@@ -18,10 +18,15 @@ ASSIGNMENTS = ["01_vae_mnist", "02_cvae_mnist", "03_cvae_fashion_mnist", "04_cva
 
 # Submissions made from a solution edition by replacing solution lines: (assignment, [(old, new), ...]).
 EDITED = {
-    # One function broken: sigma = exp(logvar) instead of exp(0.5 * logvar).
+    # One function broken: sigma = exp(logvar) instead of exp(0.5 * logvar); and one decision that does not follow
+    # the submission's own measurements: its rates are right, but its rule never says "lowered" (the six rates of
+    # q4 differ by far more than their seed-to-seed spread, so the right verdict is "beta 4 lowered the rate").
     "wrong": (
         "01_vae_mnist",
-        [("torch.exp(0.5 * logvar) * torch.randn_like(mu)", "torch.exp(logvar) * torch.randn_like(mu)")],
+        [
+            ("torch.exp(0.5 * logvar) * torch.randn_like(mu)", "torch.exp(logvar) * torch.randn_like(mu)"),
+            ("if rate_interval.high < 0:", "if rate_interval.high < -1e9:"),
+        ],
     ),
     # Right values, but from the library functions the questions ask for, under other names: q1 through
     # GroupStats.z (cvaelib's reparameterised sample), q2 through an alias of cvaelib.losses.gaussian_kl.
@@ -105,8 +110,9 @@ def test_leak_check_catches_a_solution_edition(built):
 def test_solution_editions_score_full_marks(built):
     for name, paths in built.items():
         results = json.loads(paths["results"].read_text())
-        # three questions that build a piece of the chapter, and a fourth that trains, measures or diagnoses
-        assert results["possible"] >= 9 and len(results["questions"]) == 4, name
+        # questions that build a piece of the chapter, then at least two that train or measure the student's own
+        # models and decide, graded against the student's own numbers
+        assert results["possible"] >= 9 and len(results["questions"]) >= 5, name
         assert results["score"] == results["possible"], (name, classroom.failing_questions(results))
 
 
@@ -120,8 +126,12 @@ def test_blank_submissions_score_nothing(built, graded):
 def test_a_wrong_submission_loses_points_and_names_the_question(graded):
     wrong = graded["wrong"]
     assert 0 < wrong["score"] < wrong["possible"]
-    assert classroom.failing_questions(wrong) == ["q1_reparameterize"]
+    assert classroom.failing_questions(wrong) == ["q1_reparameterize", "q4_rate_and_beta"]
     assert "dz/dlogvar must be 0.5 * sigma * eps" in wrong["questions"]["q1_reparameterize"]["output"]
+    # the measured rates still score; the verdict that does not follow them does not
+    q4 = wrong["questions"]["q4_rate_and_beta"]
+    assert 0 < q4["score"] < q4["possible"]
+    assert "your rates give the paired interval" in q4["output"] and "beta 4 lowered the rate" in q4["output"]
 
 
 def test_delegating_to_the_library_scores_nothing_for_that_question(graded):

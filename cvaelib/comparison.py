@@ -8,6 +8,8 @@ when they are compared seed by seed.
 
 - Runs with their own seeds: Welch's t interval of the difference of the means (no equal variances assumed).
 - Runs that share seeds (seed s of one setting beside seed s of the other): the t interval of the paired differences.
+- Two shares (judged accuracies) of one model each, from n independent samples: the normal interval of the
+  difference of two proportions (``shares_difference``); it holds the judging noise only, not another seed's.
 
 "Helped" or "hurt" when the interval excludes 0, else "not distinguishable with N seeds": never "no difference",
 which a few seeds cannot show. scipy computes the intervals (``ttest_ind(equal_var=False)``, ``ttest_rel``).
@@ -75,3 +77,23 @@ def difference(
     worse = high < 0 if higher_is_better else low > 0
     verdict = "helped" if better else "hurt" if worse else f"not distinguishable with {seeds} seeds"
     return Difference(mean, low, high, seeds, paired, verdict)
+
+
+def shares_difference(
+    changed: float, baseline: float, n_changed: int, n_baseline: int, higher_is_better: bool = True
+) -> Difference:
+    """Compare two shares (a judged accuracy: the fraction of ``n`` independent samples the judge reads as their
+    class), each of one trained model: the 95 % normal interval of ``changed - baseline``,
+    +-1.96 sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2), and the verdict ("not distinguishable with N samples" when it
+    holds 0, N the smaller count). ``seeds`` is 1: the interval is the judging noise of one model each."""
+    for name, p, n in (("changed", changed, n_changed), ("baseline", baseline, n_baseline)):
+        if not 0 <= p <= 1 or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a share in [0, 1] of a positive number of samples, got {p!r} of {n!r}")
+    mean = changed - baseline
+    half = 1.96 * math.sqrt(changed * (1 - changed) / n_changed + baseline * (1 - baseline) / n_baseline)
+    low, high = mean - half, mean + half
+    better = low > 0 if higher_is_better else high < 0
+    worse = high < 0 if higher_is_better else low > 0
+    samples = min(n_changed, n_baseline)
+    verdict = "helped" if better else "hurt" if worse else f"not distinguishable with {samples:,} samples"
+    return Difference(mean, low, high, 1, False, verdict)

@@ -1,5 +1,7 @@
 """The comparison rule: the interval of the difference decides, not whether two intervals overlap."""
 
+import math
+
 import pytest
 from scipy import stats
 
@@ -57,3 +59,18 @@ def test_runs_without_spread_and_bad_inputs():
         difference([1.0, 2.0, 3.0], [1.0, 2.0], paired=True)
     with pytest.raises(ValueError, match="finite"):
         difference([1.0, float("nan")], [1.0, 2.0])
+
+
+def test_shares_difference_is_the_normal_interval_of_two_proportions():
+    from cvaelib.comparison import shares_difference
+
+    # chapter 3's MNIST figures: 98.48 % against 98.2 % on 5,000 samples each
+    d = shares_difference(0.9848, 0.982, 5000, 5000)
+    half = 1.96 * math.sqrt(0.9848 * 0.0152 / 5000 + 0.982 * 0.018 / 5000)
+    assert d.mean == pytest.approx(0.0028) and d.high - d.low == pytest.approx(2 * half)
+    assert d.verdict == "not distinguishable with 5,000 samples"  # half-width 0.5 points > 0.28
+    assert shares_difference(0.832, 0.802, 5000, 5000).verdict == "helped"
+    assert shares_difference(0.802, 0.832, 5000, 5000).verdict == "hurt"
+    assert shares_difference(0.802, 0.832, 5000, 5000, higher_is_better=False).verdict == "helped"
+    with pytest.raises(ValueError, match="changed must be a share"):
+        shares_difference(1.2, 0.5, 100, 100)

@@ -45,8 +45,8 @@ class Recipe:
         """This recipe with each field in ``overrides`` (a field's name -> its value, in any of the recipe's
         configurations) set; ``size`` picks that preset's fields first, and a field given explicitly overrides the
         preset's. A field of another architecture's model is refused, naming it (a ValueError)."""
-        own = {f.name for f in fields(self.model)}
-        misplaced = sorted(set(overrides) - own & {f.name for c in CONFIGS.values() for f in fields(c)})
+        own, any_model = {f.name for f in fields(self.model)}, {f.name for c in CONFIGS.values() for f in fields(c)}
+        misplaced = sorted((set(overrides) - own) & any_model)  # a field of another architecture's model
         if misplaced:
             name, mine = misplaced[0], self.model.arch
             archs = " or ".join(sorted(a for a, c in CONFIGS.items() if name in {f.name for f in fields(c)}))

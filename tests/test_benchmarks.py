@@ -389,3 +389,16 @@ def test_ship_defaults_trains_judges_and_ships(data_root, tmp_path):
     line = judged_line(model)  # what chapters 2 and 3 print of a shipped default, from its manifest entry
     assert "Judged on 20 samples each" in line and f"{figures['fitted_prior_judged']:.1%}" in line
     assert manifest(tmp_path / "models")["mnist_default"]["figures"]["samples_per_class"] == 2
+
+
+def test_ship_vae_trains_and_ships_a_vae_that_loads(data_root, tmp_path):
+    from cvaelib.shipped import load_shipped, manifest
+
+    args = ["--epochs", "1", "--subset", "5", "--k", "2", "--iwae-images", "20", "--models", str(tmp_path)]
+    figures = _load("ship_vae").main(args)
+    entry = manifest(tmp_path)["mnist_vae"]
+    assert entry["figures"]["train_images"] == 50 and entry["recipe"] == "chapter 1's full profile"
+    assert figures["iwae"]["nats"] <= figures["test_negative_elbo_nats"] + 1  # a bound on other images, K = 2
+    model = load_shipped("mnist_vae", folder=tmp_path)
+    assert model.num_classes == 0 and model.fitted_prior is None
+    assert entry["check_negative_elbo_500"] == pytest.approx(figures["check_negative_elbo_500"])

@@ -34,6 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_figure(name: str, folder: Path, test_images, test_labels) -> float:
+    """The figure a test checks the shipped file against: its float16 weights' negative ELBO on the first 500 test
+    images, with the noise seeded once the model is loaded (building it draws random numbers too)."""
+    model = load_shipped(name, folder=folder)
+    seed_everything(0)
+    first = data.Batches(test_images[:500], test_labels[:500], 500, shuffle=False)
+    return evaluate.negative_elbo(model, first)["nelbo"]
+
+
 def main(argv=None) -> dict:
     args, began = parse_args(argv), time.time()
     images, labels = data.load("mnist", "train")
@@ -61,10 +70,7 @@ def main(argv=None) -> dict:
     record = {"dataset": "mnist", "recipe": "chapter 1's full profile", "provenance": about}
     record["figures"] = as_json(figures)
     entry = ship(model, args.name, record, None, args.models)
-    # the figure a test checks the shipped file against: its float16 weights' negative ELBO on the first 500 images
-    seed_everything(0)
-    check = data.Batches(test_images[:500], test_labels[:500], 500, shuffle=False)
-    check_nats = evaluate.negative_elbo(load_shipped(args.name, folder=args.models), check)["nelbo"]
+    check_nats = check_figure(args.name, args.models, test_images, test_labels)
     annotate(args.name, args.models, check_negative_elbo_500=check_nats)
     print(f"shipped {args.name} ({entry['bytes']:,} bytes): {as_json(figures)}; check on 500 images {check_nats:.3f}")
     return {**figures, "check_negative_elbo_500": check_nats}

@@ -80,7 +80,10 @@ def test_the_course_ships_its_trained_models_within_25_mb():
     assert weights <= 25e6, weights
     for name, entry in entries.items():
         model = load_shipped(name)  # checksum, weights_only, and the configuration it rebuilds into
-        assert model.fitted_prior is not None and model.fitted_prior.num_classes == model.num_classes == 10, name
+        if model.num_classes:  # a conditional model ships with the prior fitted to its codes
+            assert model.fitted_prior is not None and model.fitted_prior.num_classes == model.num_classes == 10, name
+        else:  # chapter 1's VAE: the prior N(0, I) is its own
+            assert model.fitted_prior is None, name
         assert {"commit", "date", "device"} <= set(entry["provenance"]), name
 
 
@@ -95,3 +98,16 @@ def test_the_shipped_cifar10_model_reproduces_its_recorded_bits_per_dim(real_dat
     seed_everything(0)
     nelbo = negative_elbo(model, data.Batches(images, labels, 250, shuffle=False))["nelbo"]
     assert bits_per_dim(nelbo, 3 * 32 * 32) == pytest.approx(model.shipped["check_bits_per_dim_500"], abs=0.01)
+
+
+def test_the_shipped_vae_reproduces_its_recorded_negative_elbo(real_data):
+    from cvaelib import data
+    from cvaelib.evaluate import negative_elbo
+    from cvaelib.train import seed_everything
+
+    model = load_shipped("mnist_vae")
+    assert model.num_classes == 0 and model.latent_dim == 16
+    images, labels = (t[:500] for t in data.load("mnist", "test", real_data))
+    seed_everything(0)
+    nelbo = negative_elbo(model, data.Batches(images, labels, 500, shuffle=False))["nelbo"]
+    assert nelbo == pytest.approx(model.shipped["check_negative_elbo_500"], abs=0.05)

@@ -73,10 +73,16 @@ def difference(
         interval = test.confidence_interval(confidence)
         low, high = float(interval.low), float(interval.high)
     seeds = min(len(changed), len(baseline))
+    verdict = _verdict(low, high, higher_is_better, f"{seeds} seeds")
+    return Difference(mean, low, high, seeds, paired, verdict)
+
+
+def _verdict(low: float, high: float, higher_is_better: bool, evidence: str) -> str:
+    """ "helped" or "hurt" when the interval [low, high] of the difference excludes 0, else "not distinguishable
+    with ``evidence``" (the runs or samples it rests on)."""
     better = low > 0 if higher_is_better else high < 0
     worse = high < 0 if higher_is_better else low > 0
-    verdict = "helped" if better else "hurt" if worse else f"not distinguishable with {seeds} seeds"
-    return Difference(mean, low, high, seeds, paired, verdict)
+    return "helped" if better else "hurt" if worse else f"not distinguishable with {evidence}"
 
 
 def shares_difference(
@@ -92,8 +98,5 @@ def shares_difference(
     mean = changed - baseline
     half = 1.96 * math.sqrt(changed * (1 - changed) / n_changed + baseline * (1 - baseline) / n_baseline)
     low, high = mean - half, mean + half
-    better = low > 0 if higher_is_better else high < 0
-    worse = high < 0 if higher_is_better else low > 0
-    samples = min(n_changed, n_baseline)
-    verdict = "helped" if better else "hurt" if worse else f"not distinguishable with {samples:,} samples"
+    verdict = _verdict(low, high, higher_is_better, f"{min(n_changed, n_baseline):,} samples")
     return Difference(mean, low, high, 1, False, verdict)

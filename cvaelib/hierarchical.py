@@ -190,7 +190,9 @@ class HierarchicalConfig:
         return cls(size=size, **{**SIZES[size], **given})
 
     def __post_init__(self):
-        for name in SIZES[self.size] if self.size in SIZES else ():
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
+        for name in SIZES[self.size]:
             if getattr(self, name) is None:
                 raise ValueError(
                     f"{name} is not set: HierarchicalConfig.from_size(size) takes it from the size's preset"
@@ -199,8 +201,6 @@ class HierarchicalConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.image_shape not in IMAGE_SHAPES:
             raise ValueError(f"image_shape must be (3, 32, 32) or (1, 28, 28), got {self.image_shape}")
-        if self.size not in SIZES:
-            raise ValueError(f"unknown size {self.size!r}; choose one of {sorted(SIZES)}")
         if self.arch != "hierarchical":
             raise ValueError(f"a HierarchicalConfig has arch 'hierarchical', got {self.arch!r}")
         if self.likelihood not in LIKELIHOODS:

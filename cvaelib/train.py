@@ -231,8 +231,7 @@ class _Run:
     loss_fn: object
     batches: object
     test_batches: object
-    optimizer: torch.optim.Optimizer
-    update: _Updater
+    update: _Updater  # optimizer.step() with the schedule; it holds the optimizer
     speed: SpeedConfig
     device: torch.device
     saved: SavedRun
@@ -280,7 +279,9 @@ class _Run:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.speed.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            parts, skipped = train_step(self.run, self.loss_fn, x, y, self.optimizer, self.update, self.speed.bf16)
+            parts, skipped = train_step(
+                self.run, self.loss_fn, x, y, self.update.optimizer, self.update, self.speed.bf16
+            )
             totals.add(parts, self.model, len(x), skipped)
             self.bar.update()
             if self.stop.interrupt.is_set() and totals.steps + len(totals.pending) < len(self.batches):
@@ -384,7 +385,6 @@ def fit(
             loss_fn,
             train_batches,
             test_batches,
-            optimizer,
             update,
             speed,
             device,

@@ -27,6 +27,7 @@ from .interface import (
     sample_request,
 )
 from .losses import LIKELIHOODS, GroupStats, make_likelihood, reparameterize
+from .structured import BaselineConfig, BaselineNet, StructuredConfig, StructuredCVAE
 
 
 def _check_shape(image_shape):
@@ -309,19 +310,22 @@ def VAE(**kwargs) -> CVAE:
     return CVAE(num_classes=0, **kwargs)
 
 
-# Every kind of model the course builds from a configuration, by its ``arch``: the one place that maps one to the other.
-# The registry of architectures: each name, its model and its configuration. The rest of the course never asks
-# which kind a model is: every configuration states its ``arch``, checks its own remedies and knows its
-# unconditional form, and every model implements the interface (``interface.py``).
+# The registry of architectures: every kind of model the course builds from a configuration, by its ``arch``, the one
+# place that maps one to the other. The rest of the course never asks which kind a model is: every configuration
+# states its ``arch`` (the image models' also check their own remedies and know their unconditional form), and every
+# model implements the interface (``interface.py``). ``MODELS`` are the image models that ``train --arch`` trains
+# (chapters 1-4); ``TASK_MODELS`` are chapter 5's, which complete a digit from some of its quadrants.
 MODELS = {"mlp": CVAE, "conv": CVAE, "hierarchical": HierarchicalCVAE}
 CONFIGS = {"mlp": ModelConfig, "conv": ModelConfig, "hierarchical": HierarchicalConfig}
+TASK_MODELS = {"structured_nn": BaselineNet, "structured_cvae": StructuredCVAE}
 CONVOLUTIONAL = ("conv", "hierarchical")  # the architectures of convolutions (a channels-last layout pays)
 
 
-def build_model(config: ModelConfig | HierarchicalConfig | dict) -> nn.Module:
+def build_model(config: ModelConfig | HierarchicalConfig | BaselineConfig | StructuredConfig | dict) -> nn.Module:
     """The model a configuration describes: a config object, or its ``asdict`` as a checkpoint stores it."""
     fields = asdict(config) if is_dataclass(config) else dict(config)
     arch = fields.get("arch", ModelConfig.arch)
-    if arch not in MODELS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(MODELS)}")
-    return MODELS[arch](**fields)
+    every = {**MODELS, **TASK_MODELS}
+    if arch not in every:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(every)}")
+    return every[arch](**fields)

@@ -13,6 +13,8 @@ The CVAE is trained with one of the paper's three objectives (``OBJECTIVES``): t
 the GSNN's ("gsnn": z from the prior network, as at test time) or a mix of the two ("hybrid").
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,11 +76,37 @@ def _mlp(in_features, hidden, out_features):
     )
 
 
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What rebuilds a ``BaselineNet`` (``models.build_model``, a shipped model's manifest)."""
+
+    arch: str = "structured_nn"
+    hidden: int = 500
+
+
+@dataclass(frozen=True)
+class StructuredConfig:
+    """What rebuilds a ``StructuredCVAE`` (``models.build_model``, a shipped model's manifest)."""
+
+    arch: str = "structured_cvae"
+    latent_dim: int = 200
+    hidden: int = 500
+
+
+def _own_arch(config):
+    """Check that a configuration names the model it is given to (``build_model`` passes ``arch`` on)."""
+    expected = type(config)().arch
+    if config.arch != expected:
+        raise ValueError(f"arch must be {expected!r} for this model, got {config.arch!r}")
+    return config
+
+
 class BaselineNet(nn.Module):
     """The deterministic baseline of chapter 5: x (B,1,28,28) -> logits of y, 784-500-500-784."""
 
-    def __init__(self, hidden=500):
+    def __init__(self, hidden=500, arch="structured_nn"):
         super().__init__()
+        self.config = _own_arch(BaselineConfig(arch, hidden))
         self.net = _mlp(NUM_PIXELS, hidden, NUM_PIXELS)
 
     def forward(self, x):
@@ -105,8 +133,9 @@ class BaselineNet(nn.Module):
 class StructuredCVAE(nn.Module):
     """The CVAE of chapter 5: prior p(z|x), recognition q(z|x,y), generation p(y|x,z)."""
 
-    def __init__(self, latent_dim=200, hidden=500):
+    def __init__(self, latent_dim=200, hidden=500, arch="structured_cvae"):
         super().__init__()
+        self.config = _own_arch(StructuredConfig(arch, latent_dim, hidden))
         self.latent_dim = latent_dim
         self.prior_net = _mlp(NUM_PIXELS, hidden, 2 * latent_dim)  # x -> mu, logvar of p(z|x)
         # q(z|x,y) reads x with its hidden pixels filled in by y: the whole image, as in Pyro.

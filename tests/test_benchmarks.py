@@ -402,3 +402,19 @@ def test_ship_vae_trains_and_ships_a_vae_that_loads(data_root, tmp_path):
     model = load_shipped("mnist_vae", folder=tmp_path)
     assert model.num_classes == 0 and model.fitted_prior is None
     assert entry["check_negative_elbo_500"] == pytest.approx(figures["check_negative_elbo_500"])
+
+
+def test_ship_structured_trains_and_ships_chapter_5s_models_that_load(data_root, tmp_path):
+    from cvaelib.shipped import load_shipped, manifest
+    from cvaelib.structured import BaselineNet, StructuredCVAE
+
+    args = ["--subset", "2", "--epochs-scale", "0.01", "--k", "2", "--test-images", "20", "--models", str(tmp_path)]
+    results = _load("ship_structured").main(args)
+    entries = manifest(tmp_path)
+    assert set(entries) == {"quadrants_1_nn", "quadrants_1_cvae"}
+    assert set(results["nn"]["test_nats"]) == {"nll"} and set(results["cvae"]["test_nats"]) == {"nelbo", "nll"}
+    for kind, cls in (("nn", BaselineNet), ("cvae", StructuredCVAE)):
+        entry = entries[f"quadrants_1_{kind}"]
+        assert entry["num_given"] == 1 and entry["figures"]["train_images"] == 20 and entry["figures"]["epochs"] == 1
+        assert type(load_shipped(f"quadrants_1_{kind}", folder=tmp_path)) is cls
+        assert entry["check_500"] == pytest.approx(results[kind]["check_500"])

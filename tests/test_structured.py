@@ -334,3 +334,16 @@ def test_spread_and_sharpness_count_only_the_missing_pixels():
     completion = torch.sigmoid(model.decode_params(torch.zeros(4, 4), x)).detach()
     assert figures["spread"] == pytest.approx(0.0, abs=1e-6)
     assert figures["sharpness"] == pytest.approx(per_missing_pixel((completion - 0.5).abs(), mask), rel=1e-5)
+
+
+def test_chapter_5s_models_rebuild_from_their_configuration():
+    from dataclasses import asdict
+
+    from cvaelib.models import build_model
+
+    for model in (BaselineNet(hidden=8), StructuredCVAE(latent_dim=3, hidden=8)):
+        again = build_model(asdict(model.config))
+        assert type(again) is type(model) and again.config == model.config
+        assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+    with pytest.raises(ValueError, match="arch must be 'structured_cvae'"):
+        StructuredCVAE(arch="structured_nn")

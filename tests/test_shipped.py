@@ -10,6 +10,7 @@ from cvaelib.fitted_prior import FittedPrior
 from cvaelib.hierarchical import HierarchicalConfig
 from cvaelib.models import ModelConfig, build_model
 from cvaelib.shipped import MANIFEST, annotate, load_shipped, manifest, sha256, ship
+from cvaelib.structured import StructuredConfig
 
 
 @pytest.fixture
@@ -20,14 +21,16 @@ def shipped_folder(tmp_path):
     ship(cvae, "mnist_cvae", {"dataset": "mnist"}, prior, tmp_path)
     hierarchy = build_model(HierarchicalConfig.from_size(size="tiny"))
     ship(hierarchy, "cifar10_tiny", {"dataset": "cifar10"}, folder=tmp_path)
-    return tmp_path, cvae, hierarchy, prior
+    completer = build_model(StructuredConfig(latent_dim=4, hidden=8))  # chapter 5's CVAE
+    ship(completer, "quadrants_cvae", {"dataset": "mnist", "num_given": 1}, folder=tmp_path)
+    return tmp_path, cvae, hierarchy, prior, completer
 
 
 def test_a_shipped_model_loads_into_its_configuration_as_float32(shipped_folder):
-    folder, cvae, hierarchy, prior = shipped_folder
+    folder, cvae, hierarchy, prior, completer = shipped_folder
     entries = manifest(folder)
-    assert set(entries) == {"mnist_cvae", "cifar10_tiny"}
-    for name, original in (("mnist_cvae", cvae), ("cifar10_tiny", hierarchy)):
+    assert set(entries) == {"mnist_cvae", "cifar10_tiny", "quadrants_cvae"}
+    for name, original in (("mnist_cvae", cvae), ("cifar10_tiny", hierarchy), ("quadrants_cvae", completer)):
         model = load_shipped(name, folder=folder)
         assert type(model) is type(original) and model.config == original.config
         assert entries[name]["sha256"] == sha256(folder / f"{name}.pt")
@@ -75,12 +78,15 @@ def test_the_course_ships_its_trained_models_within_25_mb():
     from cvaelib.provenance import RESULTS
 
     entries = manifest()
-    assert {"cifar10_hierarchy", "mnist_default", "fashion_mnist_default"} <= set(entries)
+    chapter_5 = {"quadrants_1_nn", "quadrants_1_cvae"}
+    assert {"cifar10_hierarchy", "mnist_default", "fashion_mnist_default", "mnist_vae", *chapter_5} <= set(entries)
     weights = sum(e["bytes"] for e in entries.values()) + sum(p.stat().st_size for p in RESULTS.glob("judge_*.pt"))
     assert weights <= 25e6, weights
     for name, entry in entries.items():
         model = load_shipped(name)  # checksum, weights_only, and the configuration it rebuilds into
-        if model.num_classes:  # a conditional model ships with the prior fitted to its codes
+        if name in chapter_5:  # it completes digits: no label, no prior over images
+            assert entry["num_given"] == 1 and model.fitted_prior is None, name
+        elif model.num_classes:  # a conditional model ships with the prior fitted to its codes
             assert model.fitted_prior is not None and model.fitted_prior.num_classes == model.num_classes == 10, name
         else:  # chapter 1's VAE: the prior N(0, I) is its own
             assert model.fitted_prior is None, name
@@ -111,3 +117,16 @@ def test_the_shipped_vae_reproduces_its_recorded_negative_elbo(real_data):
     seed_everything(0)
     nelbo = negative_elbo(model, data.Batches(images, labels, 500, shuffle=False))["nelbo"]
     assert nelbo == pytest.approx(model.shipped["check_negative_elbo_500"], abs=0.05)
+
+
+@pytest.mark.parametrize("kind", ["nn", "cvae"])
+def test_chapter_5s_shipped_models_reproduce_their_recorded_figures(real_data, kind):
+    from cvaelib import data
+    from cvaelib.structured import evaluate
+    from cvaelib.train import seed_everything
+
+    model = load_shipped(f"quadrants_1_{kind}")
+    images, labels = (t[:500] for t in data.load("mnist", "test", real_data))
+    seed_everything(0)
+    figures = evaluate(model, data.Batches(images, labels, 500, shuffle=False), num_given=1, k=1)
+    assert figures["nelbo" if kind == "cvae" else "nll"] == pytest.approx(model.shipped["check_500"], abs=0.05)

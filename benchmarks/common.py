@@ -130,7 +130,7 @@ class RaceSettings:
     minutes: float  # training minutes at most
     eval_every: float  # training minutes between two points of the test curve
     runs: Path  # the folder of its checkpoint (<name>.pt) and its curve (<name>.json)
-    num_epochs: int = 10_000  # epochs at most: the minutes end first unless this is set lower
+    num_epochs: int | None = None  # the planned length (a long one compiles: SpeedConfig.default); None: the minutes
     seed: int = 0  # seeds the weights, the batches and the noise
     deadline: float | None = None  # a time.monotonic() value after which no new eval_every chunk starts
     device: str = "cpu"  # where it trains
@@ -161,7 +161,8 @@ def race(
     Each ``fit`` call trains ``eval_every`` minutes and saves the checkpoint; the next one resumes from it.
     With ``settings.deadline``, no new ``eval_every`` chunk starts after it: then the state has ``finished`` False and
     the model is None, and calling again goes on. Both models train with the speed switches of ``--arch
-    hierarchical`` on ``settings.device`` (they change how fast, not what) and an average of the weights (EMA).
+    hierarchical`` on ``settings.device`` (they change how fast, not what; ``torch.compile`` only for a planned
+    ``settings.num_epochs`` long enough) and an average of the weights (EMA).
     """
     optim = replace(contender.train, seed=settings.seed)
     seed_everything(settings.seed)
@@ -181,7 +182,10 @@ def race(
     state = {**fresh, **json.loads(log.read_text())} if log.exists() and checkpoint.exists() else fresh
     loss = RemedyLoss(contender.remedies, steps_per_epoch=len(batches))
     ema = ema_of(model, HIERARCHICAL.ema)
-    speed = SpeedConfig.default("hierarchical", settings.device)
+    max_epochs = settings.num_epochs or 10_000  # without a planned length, the minutes end the run
+    planned = None if settings.num_epochs is None else settings.num_epochs * len(batches)
+    speed = SpeedConfig.default("hierarchical", settings.device, planned, settings.minutes)
+    state["speed"] = asdict(speed)  # this process's switches (a resumed run decides again)
 
     while not (state["done"] or state["seconds"] >= 60 * settings.minutes - 1):  # the epochs or the minutes spent
         if settings.deadline is not None and time.monotonic() > settings.deadline:
@@ -192,7 +196,7 @@ def race(
             model,
             loss,
             batches,
-            settings.num_epochs,
+            max_epochs,
             config=optim,
             checkpoint=checkpoint,
             meta=meta,
@@ -202,7 +206,7 @@ def race(
             speed=speed,
             ema=ema,
         )
-        state["done"] = len(history) >= settings.num_epochs
+        state["done"] = len(history) >= max_epochs
         state["seconds"] += time.monotonic() - start
         saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
         epochs = saved["epoch"] + (saved["partial"]["steps"] / len(batches) if saved.get("partial") else 0.0)

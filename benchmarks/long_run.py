@@ -123,6 +123,7 @@ def collect(args, state, model, source, began, train_images, train_labels, test_
         "data": CIFAR10_DATA,
         "training_minutes": round(state["seconds"] / 60, 2),
         "training_threads": state["threads"],
+        "speed_switches": state["speed"],  # the last process's: bfloat16, channels-last, torch.compile
         "schedule": planned(args.runs, args.epochs),
         "curve": curve,
         "test_bits_per_dim": curve[-1]["test_bits_per_dim"],

@@ -32,9 +32,12 @@ from cvaelib.remedies import RemedyLoss
 from cvaelib.train import SpeedConfig, bf16_is_fast, ema_of, fit
 
 
-def images_per_second(recipe: Recipe, images, labels, batch_size, speed, steps, warmup, as_trained=False) -> float:
-    """Training images per second of ``recipe``'s model and loss at ``batch_size`` with ``speed``; ``as_trained``:
-    with the recipe's learning-rate warm-up and its average of the weights, as ``train`` runs it."""
+def images_per_second(
+    recipe: Recipe, images, labels, batch_size, speed, steps, warmup, as_trained=False
+) -> tuple[float, float]:
+    """Training images per second of ``recipe``'s model and loss at ``batch_size`` with ``speed``, and the seconds
+    from ``fit``'s call to the first timed step (the warm-up steps: with ``speed.compile``, the compilation too);
+    ``as_trained``: with the recipe's learning-rate warm-up and its average of the weights, as ``train`` runs it."""
     torch.manual_seed(0)
     model = build_model(recipe.model)
     batches = data.Batches(images[: batch_size * (steps + warmup)], labels[: batch_size * (steps + warmup)], batch_size)
@@ -47,6 +50,7 @@ def images_per_second(recipe: Recipe, images, labels, batch_size, speed, steps, 
         times.append(time.perf_counter())
         return loss(model, x, y)
 
+    began = time.perf_counter()
     fit(
         model,
         timed,
@@ -59,7 +63,7 @@ def images_per_second(recipe: Recipe, images, labels, batch_size, speed, steps, 
         ema=ema_of(model, recipe.ema) if as_trained and recipe.ema else None,
     )
     # times[warmup] starts the first timed step and times[-1] the last one: steps - 1 whole steps between them
-    return batch_size * (steps - 1) / (times[-1] - times[warmup])
+    return batch_size * (steps - 1) / (times[-1] - times[warmup]), times[warmup] - began
 
 
 def main(argv=None) -> list:
@@ -70,6 +74,7 @@ def main(argv=None) -> list:
     p.add_argument("--steps", type=int, default=8, help="timed training steps per setting")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocations, compilation)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    p.add_argument("--default-only", action="store_true", help="only the default's precision and layout")
     p.add_argument("--size", default="small", help="the hierarchy's size preset (tiny: a test)")
     p.add_argument("--train-size", type=int, help="images to read (default: all; a test reads fewer)")
     a = p.parse_args(argv)
@@ -79,15 +84,18 @@ def main(argv=None) -> list:
     if a.arch == "hierarchical":
         recipe = replace(recipe, model=recipe.model.resized(a.size))
     images, labels = (t[: a.train_size] for t in data.load(a.dataset, "train"))
+    default = SpeedConfig.default(a.arch, "cpu")
     precisions = [False, True] if bf16_is_fast("cpu") else [False]
     layouts = [False] if a.arch == "mlp" else [False, True]
+    if a.default_only:
+        precisions, layouts = [default.bf16], [default.channels_last]
     compiles = [False, True] if a.compile else [False]
     print(f"{device_description()}, torch {torch.__version__}; bfloat16 native: {bf16_is_fast('cpu')}")
     print(f"{a.dataset}, --arch {a.arch}: {type(recipe.model).__name__}", flush=True)
     rows = []
     for bf16, channels_last, compiled, batch_size in itertools.product(precisions, layouts, compiles, a.batch_sizes):
         speed = SpeedConfig(bf16=bf16, channels_last=channels_last, compile=compiled)
-        rate = images_per_second(recipe, images, labels, batch_size, speed, a.steps, a.warmup)
+        rate, first = images_per_second(recipe, images, labels, batch_size, speed, a.steps, a.warmup)
         rows.append(
             {
                 "bf16": bf16,
@@ -96,11 +104,12 @@ def main(argv=None) -> list:
                 "batch_size": batch_size,
                 "ema": False,
                 "images_per_s": round(rate, 1),
+                "warmup_s": round(first, 1),
             }
         )
         print(rows[-1], flush=True)
-    default, batch_size = SpeedConfig.default(a.arch, "cpu"), recipe.batch_size
-    rate = images_per_second(recipe, images, labels, batch_size, default, a.steps, a.warmup, as_trained=True)
+    batch_size = recipe.batch_size
+    rate, first = images_per_second(recipe, images, labels, batch_size, default, a.steps, a.warmup, as_trained=True)
     rows.append(
         {
             "bf16": default.bf16,
@@ -109,17 +118,21 @@ def main(argv=None) -> list:
             "batch_size": batch_size,
             "ema": recipe.ema is not None,
             "images_per_s": round(rate, 1),
+            "warmup_s": round(first, 1),
         }
     )
     print(rows[-1], flush=True)
     base = rows[0]["images_per_s"]  # float32, contiguous, the first batch size
-    print("\n| precision | layout | compile | batch | EMA | images/s | speed-up |\n|---|---|---|---|---|---|---|")
+    print(
+        f"\n| precision | layout | compile | batch | EMA | images/s | speed-up | first {a.warmup} steps (s) |"
+        "\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         print(
             f"| {'bfloat16' if r['bf16'] else 'float32'} | {'channels-last' if r['channels_last'] else 'contiguous'}"
             f" | {'yes' if r['compile'] else 'no'} | {r['batch_size']} | {'yes' if r['ema'] else 'no'}"
             f" | {r['images_per_s']:.0f} | "
-            f"{r['images_per_s'] / base:.2f}x |"
+            f"{r['images_per_s'] / base:.2f}x | {r['warmup_s']:.1f} |"
         )
     return rows
 

@@ -132,9 +132,10 @@ def _evaluate_options(e: argparse.ArgumentParser) -> None:
     e.add_argument("--data-root")
 
 
-def _speed(args, arch: str, device: torch.device) -> SpeedConfig:
-    """The speed options as typed, the others from ``SpeedConfig.default`` for the model's ``arch``."""
-    default = SpeedConfig.default(arch, device)
+def _speed(args, arch: str, device: torch.device, num_steps: int) -> SpeedConfig:
+    """The speed options as typed, the others from ``SpeedConfig.default`` for the model's ``arch`` and a run of
+    ``num_steps`` steps within ``--max-minutes``."""
+    default = SpeedConfig.default(arch, device, num_steps, args.max_minutes)
     return replace(default, **{f.name: getattr(args, f.name) for f in fields(SpeedConfig) if hasattr(args, f.name)})
 
 
@@ -193,6 +194,10 @@ def train(args, parser):
             )
         start = time.time()
         loss = RemedyLoss(recipe.remedies, steps_per_epoch=len(train_batches))  # without remedies: the ELBO
+        remaining = round((epochs - saved.epochs_done()[0]) * len(train_batches))  # steps left of the planned run
+        speed = _speed(args, recipe.model.arch, device, remaining)
+        if speed.compile:
+            say("compiling the model first (torch.compile: minutes on a CPU, then faster steps; --no-compile skips it)")
         history = fit(
             model,
             loss,
@@ -200,7 +205,7 @@ def train(args, parser):
             epochs,
             test_batches=test_batches,
             config=recipe.train,
-            speed=_speed(args, recipe.model.arch, device),
+            speed=speed,
             device=device,
             checkpoint=saved,
             progress=not args.no_progress and world.rank == 0,

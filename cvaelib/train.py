@@ -9,9 +9,12 @@ Under ``torchrun``, ``fit`` trains one model with ``DistributedDataParallel`` (`
 ``checkpoint.SavedRun`` holds the saved run that a later call resumes from, ``stopping.py`` how a run stops.
 """
 
+import importlib.util
 import itertools
 import math
+import os
 import random
+import shutil
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,11 +76,37 @@ class SpeedConfig:
             raise ValueError(f"sync_every must be a positive integer, got {self.sync_every!r}")
 
     @classmethod
-    def default(cls, arch: str, device: torch.device | str) -> "SpeedConfig":
+    def default(
+        cls, arch: str, device: torch.device | str, num_steps: int | None = None, max_minutes: float | None = None
+    ) -> "SpeedConfig":
         """The switches ``train`` uses when none is given, measured fastest (``benchmarks/training_speed.py``):
         bfloat16 where the device has native bfloat16, for every model; channels-last for convolutions
-        (``models.CONVOLUTIONAL``)."""
-        return cls(bf16=bf16_is_fast(device), channels_last=arch in CONVOLUTIONAL)
+        (``models.CONVOLUTIONAL``); ``torch.compile`` for a run planned for ``num_steps`` steps, with no limit under
+        an hour (``max_minutes``), long enough to win back the compilation (``COMPILE_PAYS_FROM_STEPS``), on a
+        device it can compile for (``compiler_present``)."""
+        long_enough = num_steps is not None and num_steps >= COMPILE_PAYS_FROM_STEPS.get(arch, math.inf)
+        long_enough = long_enough and (max_minutes is None or max_minutes >= 60)
+        return cls(
+            bf16=bf16_is_fast(device),
+            channels_last=arch in CONVOLUTIONAL,
+            compile=long_enough and compiler_present(device),
+        )
+
+
+# torch.compile of chapter 4's hierarchy (benchmarks/training_speed.py --compile --default-only --batch-sizes 32,
+# 2-core AMD EPYC, 2026-12-07): 67 -> 74 images/s on one thread, 92 -> 111 on two, after 96 and 124 s of compiling:
+# it wins them back after about 2,100 steps (18 and 11 minutes). A run planned for this many steps compiles by
+# default, when it saves about 4 times what the compilation costs. Not measured for the flat models: they never do.
+COMPILE_PAYS_FROM_STEPS = {"hierarchical": 10_000}
+
+
+def compiler_present(device: torch.device | str) -> bool:
+    """Can ``torch.compile``'s default backend (Inductor) generate code for ``device``: Triton for a CUDA GPU, a C++
+    compiler (``$CXX``, else g++, Inductor's default) for a CPU; other devices are not tried."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
 def ema_of(model: nn.Module, decay: float = 0.999) -> AveragedModel:

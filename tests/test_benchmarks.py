@@ -304,6 +304,10 @@ def test_training_speed_runs(data_root, capsys):
     # the last row: what --arch hierarchical trains with, the average of the weights included
     assert rows[-1]["ema"] and rows[-1]["channels_last"] and rows[-1]["bf16"] == bf16_is_fast("cpu")
     assert "| float32 | contiguous | no | 4 | no |" in capsys.readouterr().out
+    # --default-only: the default's precision and layout, and then the default as trained
+    rows = module.main(["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--size", "tiny", "--default-only"])
+    assert [(r["bf16"], r["channels_last"]) for r in rows] == [(bf16_is_fast("cpu"), True)] * 2
+    assert all(r["warmup_s"] > 0 for r in rows)
     # a flat CVAE (its last row at the recipe's batch of 512: enough images for 3 steps): the conv one as the
     # dataset's default trains it (no EMA), the MLP without a memory layout
     common = ["--steps", "2", "--warmup", "1", "--batch-sizes", "4", "--train-size", "1536", "--dataset", "mnist"]
@@ -330,6 +334,7 @@ def test_long_run_records_its_curve_and_ships_a_model_that_loads(data_root, tmp_
     _load("long_run").main(args)
     record = json.loads((tmp_path / "long.json").read_text())
     assert {"commit", "date", "device", "wall_seconds", "settings", "data", "training_threads"} <= set(record)
+    assert record["speed_switches"]["compile"] is False  # one epoch is too short to win a compilation back
     curve = record["curve"]
     assert curve and all(p["images_per_second"] > 0 and math.isfinite(p["test_bits_per_dim"]) for p in curve)
     assert record["test_bits_per_dim"] == curve[-1]["test_bits_per_dim"] and record["test_images"] == 600

@@ -415,6 +415,36 @@ def test_the_hierarchy_trains_fast_and_averaged_by_default_and_each_switch_can_b
     assert speed.bf16 == bf16_is_fast("cpu") and not speed.channels_last and ema is None
 
 
+def test_train_compiles_a_run_planned_long_enough_and_says_so(data_root, tmp_path, monkeypatch, capsys):
+    import cvaelib.cli
+    import cvaelib.train
+
+    class Recorded(Exception):
+        pass
+
+    speeds = []
+
+    def recording_fit(*args, **kwargs):  # what train would train with, without training
+        speeds.append(kwargs["speed"])
+        raise Recorded
+
+    monkeypatch.setattr(cvaelib.cli, "fit", recording_fit)
+    monkeypatch.setattr(cvaelib.train, "compiler_present", lambda device: True)
+    monkeypatch.setitem(cvaelib.train.COMPILE_PAYS_FROM_STEPS, "hierarchical", 3)  # one step an epoch below
+    common = ["train", "--dataset", "cifar10", "--subset", "1", "--arch", "hierarchical", "--size", "tiny"]
+    common += ["--device", "cpu", "--no-progress", "--data-root", data_root, "--out", str(tmp_path / "a.pt")]
+    for extra, compiled in [
+        (["--epochs", "3"], True),
+        (["--epochs", "2"], False),
+        (["--epochs", "3", "--max-minutes", "30"], False),
+        (["--epochs", "3", "--no-compile"], False),
+    ]:
+        with pytest.raises(Recorded):
+            main([*common, *extra])
+        assert speeds[-1].compile is compiled, extra
+        assert ("compiling the model first" in capsys.readouterr().out) is compiled, extra
+
+
 def test_every_configuration_field_is_an_option_with_its_help(capsys):
     from dataclasses import fields
 

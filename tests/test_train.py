@@ -8,7 +8,7 @@ import torch
 from cvaelib import CVAE, data, load_checkpoint
 from cvaelib.losses import elbo
 from cvaelib.stopping import TrainingInterrupted
-from cvaelib.train import SpeedConfig, TrainConfig, ema_of, fit, lr_factor
+from cvaelib.train import COMPILE_PAYS_FROM_STEPS, SpeedConfig, TrainConfig, ema_of, fit, lr_factor
 
 META = {"dataset": "mnist", "model": dict(image_shape=(1, 28, 28), num_classes=10, latent_dim=4)}
 
@@ -308,6 +308,21 @@ def test_compiled_model_trains_like_the_eager_one(mnist_subset):
         )
     # Compiled code draws its random eps differently, so the runs agree closely, not bit for bit.
     assert runs[1] == pytest.approx(runs[0], rel=0.01)
+
+
+def test_the_default_compiles_a_measured_model_planned_long_enough_where_a_compiler_is(monkeypatch):
+    import sys
+
+    long = COMPILE_PAYS_FROM_STEPS["hierarchical"]
+    monkeypatch.setenv("CXX", sys.executable)  # an executable that is there: the C++ compiler, as far as it can tell
+    assert SpeedConfig.default("hierarchical", "cpu", long).compile
+    assert SpeedConfig.default("hierarchical", "cpu", long, max_minutes=60).compile
+    assert not SpeedConfig.default("hierarchical", "cpu", long - 1).compile  # too short to win the compilation back
+    assert not SpeedConfig.default("hierarchical", "cpu", long, max_minutes=30).compile  # stopped before it pays
+    assert not SpeedConfig.default("hierarchical", "cpu").compile  # a length nobody planned
+    assert not SpeedConfig.default("conv", "cpu", 100 * long).compile  # not measured: never by default
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    assert not SpeedConfig.default("hierarchical", "cpu", long).compile
 
 
 class BreaksAfter(torch.optim.Adam):

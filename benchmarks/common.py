@@ -83,6 +83,15 @@ def write_record(path: Path, record: dict) -> None:
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 
+def mnist_to_ship(subset: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MNIST's training images and labels (``subset`` per class, or all) and its test images and labels: what a
+    shipped MNIST model trains and is measured on."""
+    images, labels = data.load("mnist", "train")
+    if subset is not None:
+        images, labels = data.stratified_subset(images, labels, subset)
+    return images, labels, *data.load("mnist", "test")
+
+
 def shipped_provenance(source: dict) -> dict:
     """The part of a record's provenance that a shipped model carries in its manifest entry."""
     return {k: source[k] for k in ("commit", "date", "device", "torch")}

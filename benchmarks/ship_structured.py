@@ -17,7 +17,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from common import record_at_end, shipped_provenance
+from common import mnist_to_ship, record_at_end, shipped_provenance
 
 from cvaelib import data
 from cvaelib.provenance import RESULTS, as_json
@@ -57,10 +57,7 @@ def check_figure(name: str, folder: Path, test_images, test_labels, given: int) 
 
 def main(argv=None) -> dict:
     args, began = parse_args(argv), time.time()
-    images, labels = data.load("mnist", "train")
-    if args.subset is not None:
-        images, labels = data.stratified_subset(images, labels, args.subset)
-    test_images, test_labels = data.load("mnist", "test")
+    images, labels, test_images, test_labels = mnist_to_ship(args.subset)
     test_images, test_labels = test_images[: args.test_images], test_labels[: args.test_images]
     batches = data.Batches(images, labels, 64, shuffle=True, seed=0)
     test_batches = data.Batches(test_images, test_labels, 500, shuffle=False)

@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import record_at_end, shipped_provenance
+from common import mnist_to_ship, record_at_end, shipped_provenance
 
 from cvaelib import VAE, data, evaluate
 from cvaelib.losses import elbo
@@ -45,10 +45,7 @@ def check_figure(name: str, folder: Path, test_images, test_labels) -> float:
 
 def main(argv=None) -> dict:
     args, began = parse_args(argv), time.time()
-    images, labels = data.load("mnist", "train")
-    if args.subset is not None:
-        images, labels = data.stratified_subset(images, labels, args.subset)
-    test_images, test_labels = data.load("mnist", "test")
+    images, labels, test_images, test_labels = mnist_to_ship(args.subset)
     batches = data.Batches(images, labels, 128, shuffle=True, seed=0)
     test_batches = data.Batches(test_images, test_labels, 1000, shuffle=False)
     seed_everything(0)

@@ -96,7 +96,7 @@ class SpeedConfig:
 # torch.compile of chapter 4's hierarchy (benchmarks/training_speed.py --compile --default-only --batch-sizes 32,
 # 2-core AMD EPYC, 2026-12-07): 67 -> 74 images/s on one thread, 92 -> 111 on two, after 96 and 124 s of compiling:
 # it wins them back after about 2,100 steps (18 and 11 minutes). A run planned for this many steps compiles by
-# default, when it saves about 4 times what the compilation costs. Not measured for the flat models: they never do.
+# default, when it saves about 5 times what the compilation costs. Not measured for the flat models: they never do.
 COMPILE_PAYS_FROM_STEPS = {"hierarchical": 10_000}
 
 

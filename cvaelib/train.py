@@ -228,13 +228,13 @@ class _Updater:
         return skipped
 
 
-def train_step(run, loss_fn, x, y, optimizer, update, bf16: bool = False) -> tuple[dict, int]:
+def train_step(run, loss_fn, x, y, update, bf16: bool = False) -> tuple[dict, int]:
     """One training step of ``fit``, the usual PyTorch step (chapter 1): the loss and its parts, clear the old
     gradients, backpropagate, update the weights. Returns the scalar loss parts, and 1 if ``update``
     (``optimizer.step()`` with clipping and the learning-rate schedule) skipped the update, else 0."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         parts = _scalars(loss_fn(run, x, y))
-    optimizer.zero_grad(set_to_none=True)
+    update.optimizer.zero_grad(set_to_none=True)
     parts["loss"].backward()
     return parts, update()
 
@@ -308,9 +308,7 @@ class _Run:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.speed.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            parts, skipped = train_step(
-                self.run, self.loss_fn, x, y, self.update.optimizer, self.update, self.speed.bf16
-            )
+            parts, skipped = train_step(self.run, self.loss_fn, x, y, self.update, self.speed.bf16)
             totals.add(parts, self.model, len(x), skipped)
             self.bar.update()
             if self.stop.interrupt.is_set() and totals.steps + len(totals.pending) < len(self.batches):

@@ -13,7 +13,9 @@ ones, once per setting, all in this one process one after the other, and prints 
 speed-up over float32, contiguous, at the first batch size. bfloat16 is measured only where it is native
 (``train.bf16_is_fast``); the likelihood and the KL stay in float32. Channels-last is measured for
 convolutions only. The last row is what ``train`` runs with now: ``SpeedConfig.default``, at the recipe's batch
-size, with its learning-rate warm-up and its average of the weights (EMA) where it has them.
+size, with its learning-rate warm-up and its average of the weights (EMA) where it has them; without the
+``torch.compile`` that the default adds to a long hierarchical run (``--compile`` measures it). The last column is
+the seconds to the first timed step, the compilation included.
 Run it alone: another job on the machine measures contention, not the model.
 """
 

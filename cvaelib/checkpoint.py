@@ -125,8 +125,9 @@ def set_rng_state(state: dict) -> None:
 
 class SavedRun:
     """A training run's checkpoint as one object: read once, when made, and refused then if it holds another run
-    than ``meta`` describes (``option`` names the path in the error); ``train.fit`` resumes from it and saves to it
-    (rank 0 writes, every process reads). ``path`` None: nothing is read or written."""
+    than ``meta`` describes (``option`` names the path in the error), and refused on rank 0 if it cannot be written;
+    ``train.fit`` resumes from it and saves to it (rank 0 writes, every process reads). ``path`` None: nothing is
+    read or written."""
 
     def __init__(self, path: str | Path | None, meta: dict | None = None, option: str = "checkpoint"):
         self.path = None if path is None else Path(path)
@@ -134,6 +135,8 @@ class SavedRun:
         self.contents = read_checkpoint(self.path) if self.path is not None and self.path.exists() else None
         if self.contents is not None and meta is not None:
             refuse_another_run(self.contents, meta, self.path, option)
+        if self.path is not None and distributed.rank() == 0:  # the only writer; two would race on the probe file
+            check_writable(self.path, option)
 
     def resume(self, model, optimizer, ema, num_epochs: int, steps_per_epoch: int) -> tuple[list, int, dict | None]:
         """Load the saved weights, optimizer, average and random state into this run, which trains ``num_epochs``

@@ -172,12 +172,11 @@ def train(args, parser):
             "which take equal shares of every batch"
         )
     say = print if world.rank == 0 else (lambda *a, **k: None)  # rank 0 speaks for all processes
-    # the one read of --out: another run's checkpoint is refused here, before the data is read and any epoch runs
+    # the one read of --out: another run's checkpoint, or a path that cannot be written, is refused here, before
+    # the data is read and any epoch runs
     saved = SavedRun(args.out, recipe.meta(args.dataset, args.subset), "--out")
     if saved.contents is not None:
         say(f"resuming from {args.out}")
-    if world.rank == 0:  # the only writer; two processes would race on the probe file
-        check_writable(args.out, "--out")
     device = world.device(torch.device(args.device) if args.device else default_device())
     with process_group(world, device):
         train_batches = _train_batches(args, recipe, device, world)
@@ -271,11 +270,11 @@ def fit_prior_command(args):
     """``python -m cvaelib fit-prior``: a prior per class fitted to the codes of the checkpoint's training images."""
     device = args.device or default_device()
     model = load_checkpoint(args.checkpoint, device)
-    check_writable(args.checkpoint, "--checkpoint")
+    saved = SavedRun(args.checkpoint, option="--checkpoint")  # refused now if it cannot be written
     run = model.meta["train"]
     images, labels = data.load(model.meta["dataset"], "train", args.data_root)
     images, labels = data.stratified_subset(images, labels, run["subset"], seed=run["seed"])  # as it trained
-    _fit_and_store_prior(model, images, labels, SavedRun(args.checkpoint), args.components, args.seed)
+    _fit_and_store_prior(model, images, labels, saved, args.components, args.seed)
 
 
 def _fit_and_store_prior(model, images, labels, saved: SavedRun, components: int = 1, seed: int = 0) -> None:

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import SavedRun, check_writable
+from .checkpoint import SavedRun
 from .data import batch_means
 from .models import CONVOLUTIONAL
 from .stopping import EpochTotals, StopRule, TrainingInterrupted, first_ctrl_c_stops_after_the_step
@@ -386,9 +386,7 @@ def fit(
     """
     _check_fit(num_epochs, max_minutes, train_batches)
     progress = progress and distributed.rank() == 0  # the other processes are quiet
-    saved = checkpoint if isinstance(checkpoint, SavedRun) else SavedRun(checkpoint, meta)  # read once, here
-    if saved.path is not None and distributed.rank() == 0:  # only rank 0 writes it
-        check_writable(saved.path)
+    saved = checkpoint if isinstance(checkpoint, SavedRun) else SavedRun(checkpoint, meta)  # read and probed once
     device = torch.device(device) if device is not None else default_device()
     for m in (model, ema) if ema is not None else (model,):
         m.to(device, memory_format=torch.channels_last if speed.channels_last else torch.preserve_format)

@@ -234,21 +234,30 @@ def test_an_unwritable_out_is_found_before_the_first_epoch(data_root, tmp_path):
 
 
 def test_one_train_call_reads_its_checkpoint_once(data_root, tmp_path, monkeypatch):
-    """--out is read once per train call: to refuse another run, to resume, to report and to store the fitted prior."""
+    """--out is read once per train call (to refuse another run, to resume, to report and to store the fitted
+    prior) and probed for writing once."""
+    import cvaelib.checkpoint
+
     ckpt = tmp_path / "m.pt"
     reads, load = [], torch.load
+    probes, probe = [], cvaelib.checkpoint.check_writable
 
     def counted(f, *args, **kwargs):
         reads.append(str(f))
         return load(f, *args, **kwargs)
 
+    def counted_probe(path, option):
+        probes.append((str(path), option))
+        probe(path, option)
+
     monkeypatch.setattr(torch, "load", counted)
+    monkeypatch.setattr(cvaelib.checkpoint, "check_writable", counted_probe)
     args = ["train", "--dataset", "mnist", "--subset", "5", "--latent-dim", "2", "--out", str(ckpt)]
     args += ["--device", "cpu", "--no-progress", "--data-root", data_root]
     main(args + ["--epochs", "1"])  # a new run: nothing to read
-    assert reads.count(str(ckpt)) == 0
+    assert reads.count(str(ckpt)) == 0 and probes == [(str(ckpt), "--out")]
     main(args + ["--epochs", "2"])  # resumes, trains one more epoch, stores the fitted prior
-    assert reads.count(str(ckpt)) == 1
+    assert reads.count(str(ckpt)) == 1 and probes == [(str(ckpt), "--out")] * 2
     model = load_checkpoint(ckpt)  # what it wrote: two epochs and the prior fitted at the end
     assert model.meta["epoch"] == 2 and model.meta["fitted_prior"] is not None
 

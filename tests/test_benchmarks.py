@@ -423,3 +423,32 @@ def test_ship_structured_trains_and_ships_chapter_5s_models_that_load(data_root,
         assert entry["num_given"] == 1 and entry["figures"]["train_images"] == 20 and entry["figures"]["epochs"] == 1
         assert type(load_shipped(f"quadrants_1_{kind}", folder=tmp_path)) is cls
         assert entry["check_500"] == pytest.approx(results[kind]["check_500"])
+
+
+def test_batch_size_compares_seed_by_seed_once_every_run_is_done(data_root, tmp_path, capsys):
+    module = _load("batch_size")
+    args = ["--minutes", "0.02", "--eval-every", "0.02", "--seeds", "0", "1", "--test-images", "50", "--size", "tiny"]
+    args += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "batch.json")]
+    assert module.main([*args, "--only", "32"]) is None  # batch 64 has not trained yet: no record
+    assert "the record waits for batch64_seed0, batch64_seed1" in capsys.readouterr().out
+    record = module.main([*args, "--only", "64"])
+    assert json.loads((tmp_path / "batch.json").read_text()) == record
+    assert {"commit", "date", "device", "wall_seconds", "settings", "data"} <= set(record)
+    assert set(record["runs"]) == {f"batch{b}_seed{s}" for b in (32, 64) for s in (0, 1)}
+    assert all(r["images_per_second"] > 0 and r["curve"] for r in record["runs"].values())
+    bits = record["final_test_bits_per_dim"]
+    assert [len(bits["32"]), len(bits["64"])] == [2, 2] and all(math.isfinite(b) for b in bits["32"] + bits["64"])
+    mean = sum(b - a for a, b in zip(bits["32"], bits["64"])) / 2  # the paired differences' mean, batch 64 - 32
+    assert record["difference"]["low"] <= round(mean, 4) == record["difference"]["mean"] <= record["difference"]["high"]
+    assert record["verdict"].startswith("batch 64 against 32: ")
+    again = module.main(args)  # every run finished: nothing trains, the same figures
+    assert again["final_test_bits_per_dim"] == bits
+
+
+@pytest.mark.parametrize(
+    "extra, message", [(["--only", "48"], "--only 48 is not one of"), (["--seeds", "3"], "at least two different")]
+)
+def test_batch_size_refuses_bad_options(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        _load("batch_size").parse_args(extra)
+    assert message in capsys.readouterr().err

@@ -54,38 +54,32 @@ def main(argv: list[str] | None = None) -> dict | None:
     test_images, test_labels = data.load("cifar10", "test")
     test_batches = data.Batches(test_images[: args.test_images], test_labels[: args.test_images], 250, shuffle=False)
     hierarchy = contenders(args.size)["hierarchical"]
+    names = {(b, seed): f"batch{b}_seed{seed}" for b in args.batch_sizes for seed in args.seeds}
     runs = {}
-    for batch_size in args.batch_sizes:
-        for seed in args.seeds:
-            name = f"batch{batch_size}_seed{seed}"
-            settings = RaceSettings(args.minutes, args.eval_every, args.runs, seed=seed, device=args.device)
-            # a call with --only looks at the other batch size's runs without training them: a deadline passed
-            deadline = -1.0 if args.only not in (None, batch_size) else None
-            state, _ = race(
-                name,
-                replace(hierarchy, batch_size=batch_size),
-                train_images,
-                train_labels,
-                test_batches,
-                replace(settings, deadline=deadline),
-            )
-            runs[name] = state
-    unfinished = [name for name, state in runs.items() if not state["finished"]]
+    # this call's own runs first, then the other batch size's, looked at but not trained (a deadline already passed):
+    # so the call that ends last finds every run finished
+    for b, seed in sorted(names, key=lambda key: key[0] != args.only):
+        deadline = -1.0 if args.only not in (None, b) else None
+        settings = RaceSettings(
+            args.minutes, args.eval_every, args.runs, seed=seed, deadline=deadline, device=args.device
+        )
+        hierarchy_at_b = replace(hierarchy, batch_size=b)
+        runs[names[b, seed]], _ = race(
+            names[b, seed], hierarchy_at_b, train_images, train_labels, test_batches, settings
+        )
+    unfinished = [name for name in names.values() if not runs[name]["finished"]]
     if unfinished:
         print(f"the record waits for {', '.join(unfinished)}")
         return None
-    figures = {"runs": {}, "final_test_bits_per_dim": {}}
-    for name, state in runs.items():
-        last = state["curve"][-1]
+    figures = {"runs": {}, "final_test_bits_per_dim": {str(b): [] for b in args.batch_sizes}}
+    for (b, _), name in names.items():
+        last = runs[name]["curve"][-1]
         figures["runs"][name] = {
-            "curve": state["curve"],
-            "training_threads": state["threads"],
+            "curve": runs[name]["curve"],
+            "training_threads": runs[name]["threads"],
             "images_per_second": round(last["epochs"] * len(train_images) / (60 * last["minutes"]), 1),
         }
-    for batch_size in args.batch_sizes:
-        figures["final_test_bits_per_dim"][str(batch_size)] = [
-            runs[f"batch{batch_size}_seed{s}"]["curve"][-1]["test_bits_per_dim"] for s in args.seeds
-        ]
+        figures["final_test_bits_per_dim"][str(b)].append(last["test_bits_per_dim"])
     baseline, changed = (figures["final_test_bits_per_dim"][str(b)] for b in args.batch_sizes)
     d = difference(changed, baseline, paired=True, higher_is_better=False)
     figures["difference"] = {"mean": round(d.mean, 4), "low": round(d.low, 4), "high": round(d.high, 4)}

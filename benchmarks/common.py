@@ -221,7 +221,8 @@ def race(
         epochs = saved["epoch"] + (saved["partial"]["steps"] / len(batches) if saved.get("partial") else 0.0)
         point = {"minutes": round(state["seconds"] / 60, 2), "epochs": round(epochs, 3)}
         state["curve"].append({**point, **evaluate_point(ema.module.eval(), loss, test_batches, settings.device)})
-        log.write_text(json.dumps(state))
+        log.with_suffix(".tmp").write_text(json.dumps(state))
+        log.with_suffix(".tmp").replace(log)  # whole or not at all: another process may read it (batch_size.py)
         print(name, state["curve"][-1], flush=True)
     if checkpoint.exists():  # the weights at the end of training (also for a benchmark whose budget was spent)
         saved = torch.load(checkpoint, weights_only=True, map_location=settings.device)

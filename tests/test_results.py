@@ -76,7 +76,9 @@ def test_every_recorded_run_names_its_provenance(path):
     for run in record.values() if path.name == "judges.json" else [record]:
         assert {"profile", "commit", "date", "device", "wall_seconds", "settings"} <= set(run)
         assert run["commit"] != "unknown" and run["wall_seconds"] > 0
-        if path.name.startswith(("04_", "benchmark_hierarchical_vs_single")):  # CIFAR-10 runs say which split they saw
+        if path.name.startswith(
+            ("04_", "benchmark_hierarchical_vs_single", "benchmark_batch_size")
+        ):  # CIFAR-10 runs say which split they saw
             assert "offline copy" in run["data"]
         assert run["device"] in source_line(run)
         assert run.get("data", "") in source_line(run)  # a figure carries the data it was made on

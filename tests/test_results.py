@@ -7,6 +7,7 @@ from dataclasses import asdict
 import jupytext
 import pytest
 
+from cvaelib.comparison import difference
 from cvaelib.provenance import (
     RESULTS,
     check_recorded_run,
@@ -119,3 +120,19 @@ def test_a_recorded_run_with_other_settings_or_failing_checks_is_refused():
 
     with pytest.raises(AssertionError):
         check_recorded_run("05_structured_output", full, failing)
+
+
+def test_the_batch_size_readme_says_what_its_record_holds():
+    """The benchmarks README's table and verdict for batch 64 against 32, checked against the record."""
+    record = read_results("benchmark_batch_size")
+    bits = record["final_test_bits_per_dim"]
+    d = difference(bits["64"], bits["32"], paired=True, higher_is_better=False)
+    assert record["verdict"] == f"batch 64 against 32: {d}"
+    readme = " ".join((RESULTS.parent / "benchmarks" / "README.md").read_text().split())
+    said = f"**{d.verdict}** (difference {d.mean:+.3f} bits/dim, 95 % interval [{d.low:+.2f}, {d.high:+.2f}])"
+    assert said in readme
+    for b in ("32", "64"):
+        runs = [record["runs"][f"batch{b}_seed{s}"] for s in record["settings"]["seeds"]]
+        speeds = " / ".join(f"{r['images_per_second']:.1f}" for r in runs)
+        final = " / ".join(f"{r['curve'][-1]['test_bits_per_dim']:.3f}" for r in runs)
+        assert f"| {b} | {speeds} |" in readme and f"| **{final}** |" in readme

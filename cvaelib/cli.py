@@ -172,13 +172,13 @@ def train(args, parser):
             "which take equal shares of every batch"
         )
     say = print if world.rank == 0 else (lambda *a, **k: None)  # rank 0 speaks for all processes
-    # the one read of --out: another run's checkpoint, or a path that cannot be written, is refused here, before
-    # the data is read and any epoch runs
-    saved = SavedRun(args.out, recipe.meta(args.dataset, args.subset), "--out")
-    if saved.contents is not None:
-        say(f"resuming from {args.out}")
     device = world.device(torch.device(args.device) if args.device else default_device())
     with process_group(world, device):
+        # the one read of --out: another run's checkpoint, or a path that cannot be written, is refused here, before
+        # the data is read and any epoch runs (in the process group: only rank 0 probes it for writing)
+        saved = SavedRun(args.out, recipe.meta(args.dataset, args.subset), "--out")
+        if saved.contents is not None:
+            say(f"resuming from {args.out}")
         train_batches = _train_batches(args, recipe, device, world)
         test_batches = _test_batches(args.dataset, args.data_root, device, per_class=args.subset)
         seed_everything(recipe.train.seed)

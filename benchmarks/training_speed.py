@@ -94,36 +94,27 @@ def main(argv=None) -> list:
     compiles = [False, True] if a.compile else [False]
     print(f"{device_description()}, torch {torch.__version__}; bfloat16 native: {bf16_is_fast('cpu')}")
     print(f"{a.dataset}, --arch {a.arch}: {type(recipe.model).__name__}", flush=True)
-    rows = []
-    for bf16, channels_last, compiled, batch_size in itertools.product(precisions, layouts, compiles, a.batch_sizes):
-        speed = SpeedConfig(bf16=bf16, channels_last=channels_last, compile=compiled)
-        rate, first = images_per_second(recipe, images, labels, batch_size, speed, a.steps, a.warmup)
-        rows.append(
-            {
-                "bf16": bf16,
-                "channels_last": channels_last,
-                "compile": compiled,
-                "batch_size": batch_size,
-                "ema": False,
-                "images_per_s": rate,
-                "warmup_s": first,  # unrounded: a tiny model's warm-up takes under 0.05 s
-            }
-        )
-        print(rows[-1], flush=True)
-    batch_size = recipe.batch_size
-    rate, first = images_per_second(recipe, images, labels, batch_size, default, a.steps, a.warmup, as_trained=True)
-    rows.append(
-        {
-            "bf16": default.bf16,
-            "channels_last": default.channels_last,
-            "compile": default.compile,
+
+    def measured(speed: SpeedConfig, batch_size: int, as_trained: bool = False) -> dict:
+        """A row of the table, printed as it comes; its seconds unrounded (a tiny model warms up in under 0.05 s)."""
+        rate, first = images_per_second(recipe, images, labels, batch_size, speed, a.steps, a.warmup, as_trained)
+        row = {
+            "bf16": speed.bf16,
+            "channels_last": speed.channels_last,
+            "compile": speed.compile,
             "batch_size": batch_size,
-            "ema": recipe.ema is not None,
+            "ema": as_trained and recipe.ema is not None,
             "images_per_s": rate,
             "warmup_s": first,
         }
-    )
-    print(rows[-1], flush=True)
+        print(row, flush=True)
+        return row
+
+    rows = [
+        measured(SpeedConfig(bf16=bf16, channels_last=channels_last, compile=compiled), batch_size)
+        for bf16, channels_last, compiled, batch_size in itertools.product(precisions, layouts, compiles, a.batch_sizes)
+    ]
+    rows.append(measured(default, recipe.batch_size, as_trained=True))
     base = rows[0]["images_per_s"]  # float32, contiguous, the first batch size
     print(
         f"\n| precision | layout | compile | batch | EMA | images/s | speed-up | first {a.warmup} steps (s) |"
